@@ -1,1 +1,173 @@
-fn main(){}
+//! The `polld` command: parses the command line, loads the config, and hands over to
+//! the core. Backends are registered in [`registry`], one line each.
+
+mod logging;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use polld_core::config::{self, Config};
+use polld_core::{Registry, daemon};
+use tokio_util::sync::CancellationToken;
+
+/// Watches version-control repositories and tells a CI master about every new commit.
+#[derive(Parser)]
+#[command(name = "polld", version, about)]
+struct Cli {
+    /// The config file [default: $POLLD_CONFIG, then ./pollers.toml]
+    #[arg(short, long, global = true, env = "POLLD_CONFIG", default_value = "pollers.toml", hide_default_value = true, hide_env = true)]
+    config: PathBuf,
+    /// How log lines on stderr look (filter them with $POLLD_LOG)
+    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text)]
+    log_format: logging::Format,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default)
+    Run,
+    /// Validate the config and print one line per poller
+    Check,
+    /// Poll the named pollers (all when none) once, deliver what they find, and exit
+    Once {
+        /// Poller names
+        names: Vec<String>,
+    },
+    /// Show each poller's cursor, last poll, last error and queued changes
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead-lettered changes back in the delivery queue
+    Redeliver {
+        /// Only this poller's dead letters
+        #[arg(long)]
+        poller: Option<String>,
+    },
+}
+
+/// Every backend this binary knows. Adding a VCS is one line here.
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(polld_git::GitBackend::new());
+    registry
+}
+
+/// Exit codes, as the contract defines them.
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let config = match config::load(&cli.config, &registry()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("polld: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for poller in &config.pollers {
+        if polld_core::redact::has_userinfo(&poller.repo) {
+            tracing::warn!(poller = %poller.name, repo = %poller.display_repo(), "repo URL carries credentials; prefer *_env or *_file keys (they are never shown or stored)");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("polld: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command.unwrap_or(Command::Run), &config));
+    // A poll abandoned at shutdown may still hold a blocking thread: don't wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("polld: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run => run(config).await,
+        Command::Check => {
+            status::print_check(config);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Once { names } => once(config, &names).await,
+        Command::Status { json } => status::print_status(config, json),
+        Command::Redeliver { poller } => {
+            let store = polld_core::store::Store::open(&config.daemon.state_dir)?;
+            let moved = store.redeliver(poller.as_deref())?;
+            println!("re-queued {moved} dead-lettered change(s); `polld run` or `polld once` delivers them");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signals(shutdown.clone()));
+    daemon::run(config, shutdown, |_scheduler| {})
+        .await
+        .context("polld run")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn once(config: &Config, names: &[String]) -> anyhow::Result<ExitCode> {
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|name| !config.pollers.iter().any(|p| &&p.name == name))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = config.pollers.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "polld: no poller named {} in {}; configured: {}",
+            unknown.join(", "),
+            config.path.display(),
+            known.join(", ")
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let report = daemon::once(config, names).await.context("polld once")?;
+    if let Some(error) = &report.delivery_error {
+        tracing::error!(%error, "delivery stopped; undelivered changes stay queued for the next `once` or `run`");
+    }
+    if report.failed.is_empty() && report.delivery_error.is_none() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_FAILED))
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers; stop polld with SIGKILL");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => {
+                tracing::warn!("SIGHUP: this version does not reload its config; restart polld to apply changes");
+            }
+        }
+    }
+    tracing::info!("stopping: no new polls; waiting for the ones in flight");
+    shutdown.cancel();
+}

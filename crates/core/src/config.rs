@@ -1,0 +1,603 @@
+//! The one TOML file that configures polld.
+//!
+//! Loading is strict: unknown keys, bad values and inconsistent settings are all errors
+//! that name the file, line and column. The `[[poller]]` tables are split in two: the
+//! keys every poller has (name, timing, project, ...) are read here, and the rest go to
+//! the backend named by `type`, which reads them with its own serde struct. Both halves
+//! deserialize from the same spanned document, so both report exact positions.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::backend::{BuildError, Poller, PollerContext, Registry};
+use crate::redact;
+
+/// A loaded, validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// The file it was read from, as the user named it.
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub sink: SinkConfig,
+    pub pollers: Vec<PollerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Cursors, outbox and mirrors live here (resolved against the config's directory).
+    pub state_dir: PathBuf,
+    /// At most this many polls run at once, across all pollers.
+    pub max_concurrent_polls: usize,
+    /// Address of the HTTP control endpoint, when set.
+    pub listen: Option<SocketAddr>,
+    /// Environment variable holding the bearer token for the control endpoint's POSTs.
+    pub token_env: Option<String>,
+}
+
+/// Where changes go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// One JSON object per line on standard output, flushed per change.
+    Stdout,
+    /// One JSON object per line appended to `path`, fsynced per batch.
+    Jsonl { path: PathBuf },
+}
+
+/// When a poller polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    /// Each cycle's extra delay is drawn uniformly from `jitter_min..=jitter`.
+    pub jitter: Duration,
+    pub jitter_min: Duration,
+    /// Poll right after start (plus jitter) rather than one interval after it.
+    pub at_launch: bool,
+}
+
+/// One `[[poller]]`, with `[defaults]` applied and its backend built.
+#[derive(Clone)]
+pub struct PollerConfig {
+    pub name: String,
+    /// The backend's `type` name; also the change record's `vcs`.
+    pub vcs: &'static str,
+    /// As configured; may hold credentials. Show [`PollerConfig::display_repo`] instead.
+    pub repo: String,
+    pub timing: Timing,
+    pub project: String,
+    pub category: Option<String>,
+    pub codebase: String,
+    /// Template: `{revision}` and `{branch}` are substituted per change.
+    pub revlink: Option<String>,
+    pub properties: Map<String, Value>,
+    pub poller: Arc<dyn Poller>,
+}
+
+impl PollerConfig {
+    /// The repo with credentials stripped: the only form that may be logged or stored.
+    pub fn display_repo(&self) -> String {
+        redact::strip_userinfo(&self.repo)
+    }
+}
+
+impl fmt::Debug for PollerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollerConfig")
+            .field("name", &self.name)
+            .field("vcs", &self.vcs)
+            .field("repo", &self.display_repo())
+            .field("timing", &self.timing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a config could not be loaded. Its `Display` is what the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// Reads and validates the config at `path`, building each poller with its backend.
+pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(path, &text, registry)
+}
+
+/// Parses config text as if read from `path` (which only names the file in errors and
+/// anchors relative paths).
+pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, ConfigError> {
+    let at = |span: Option<Range<usize>>, message: &str| {
+        let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+        ConfigError::Invalid {
+            path: path.display().to_string(),
+            line,
+            column,
+            message: message.trim_end().to_owned(),
+        }
+    };
+    let toml_error = |e: toml::de::Error| at(e.span(), e.message());
+    let config_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+
+    let root = DeTable::parse(text).map_err(toml_error)?;
+    let root_span = root.span();
+    let mut root = root.into_inner();
+    let poller_tables = root.remove("poller");
+    let file = FileKeys::deserialize(ValueDeserializer::from(Spanned::new(
+        root_span,
+        DeValue::Table(root),
+    )))
+    .map_err(toml_error)?;
+
+    let daemon = file.daemon.unwrap_or_default().resolve(&config_dir, &at)?;
+    let defaults = file.defaults.unwrap_or_default();
+    let sink = match file.sink {
+        Some(SinkConfig::Jsonl { path }) => SinkConfig::Jsonl {
+            path: config_dir.join(path),
+        },
+        Some(sink) => sink,
+        None => SinkConfig::Stdout,
+    };
+
+    let tables = match poller_tables {
+        None => Vec::new(),
+        Some(value) => {
+            let span = value.span();
+            match value.into_inner() {
+                DeValue::Array(array) => array.into_iter().collect(),
+                _ => return Err(at(Some(span), "`poller` must be an array of tables: write [[poller]]")),
+            }
+        }
+    };
+
+    let mut names = HashSet::new();
+    let mut pollers = Vec::with_capacity(tables.len());
+    for table in tables {
+        let (poller, name_span) = build_poller(table, &defaults, &daemon, &config_dir, registry, &at)?;
+        if !names.insert(poller.name.clone()) {
+            return Err(at(
+                Some(name_span),
+                &format!("duplicate poller name `{}`: names identify cursors and must be unique", poller.name),
+            ));
+        }
+        pollers.push(poller);
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        daemon,
+        sink,
+        pollers,
+    })
+}
+
+/// The top-level keys other than `[[poller]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKeys {
+    daemon: Option<DaemonKeys>,
+    defaults: Option<TimingKeys>,
+    sink: Option<SinkConfig>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonKeys {
+    state_dir: Option<PathBuf>,
+    max_concurrent_polls: Option<Spanned<usize>>,
+    listen: Option<Spanned<String>>,
+    token_env: Option<String>,
+}
+
+impl DaemonKeys {
+    fn resolve(
+        self,
+        config_dir: &Path,
+        at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+    ) -> Result<DaemonConfig, ConfigError> {
+        let max_concurrent_polls = match self.max_concurrent_polls {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(at(Some(n.span()), "max_concurrent_polls must be at least 1"));
+            }
+            Some(n) => n.into_inner(),
+            None => 32,
+        };
+        let listen = match self.listen {
+            Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at(
+                    Some(listen.span()),
+                    &format!("listen must be an IP address and port, like \"127.0.0.1:9150\", not {:?}", listen.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        Ok(DaemonConfig {
+            state_dir: config_dir.join(self.state_dir.unwrap_or_else(|| PathBuf::from(".polld"))),
+            max_concurrent_polls,
+            listen,
+            token_env: self.token_env,
+        })
+    }
+}
+
+/// Timing keys: all of `[defaults]`, and overridable per poller.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimingKeys {
+    interval: Option<Spanned<HumanDuration>>,
+    jitter: Option<Spanned<HumanDuration>>,
+    jitter_min: Option<Spanned<HumanDuration>>,
+    at_launch: Option<bool>,
+}
+
+/// The keys every `[[poller]]` has, whatever its backend.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonPollerKeys {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    vcs: Spanned<String>,
+    repo: Spanned<String>,
+    interval: Option<Spanned<HumanDuration>>,
+    jitter: Option<Spanned<HumanDuration>>,
+    jitter_min: Option<Spanned<HumanDuration>>,
+    at_launch: Option<bool>,
+    project: Option<String>,
+    category: Option<String>,
+    codebase: Option<String>,
+    revlink: Option<String>,
+    properties: Option<Map<String, Value>>,
+}
+
+/// The key names of [`CommonPollerKeys`]; everything else belongs to the backend.
+const COMMON_POLLER_KEYS: &[&str] = &[
+    "name", "type", "repo", "interval", "jitter", "jitter_min", "at_launch", "project",
+    "category", "codebase", "revlink", "properties",
+];
+
+fn build_poller(
+    table: Spanned<DeValue<'_>>,
+    defaults: &TimingKeys,
+    daemon: &DaemonConfig,
+    config_dir: &Path,
+    registry: &Registry,
+    at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+) -> Result<(PollerConfig, Range<usize>), ConfigError> {
+    let span = table.span();
+    let DeValue::Table(table) = table.into_inner() else {
+        return Err(at(Some(span), "each [[poller]] must be a table"));
+    };
+    let (common, own): (DeTable<'_>, DeTable<'_>) = table
+        .into_iter()
+        .partition(|(key, _)| COMMON_POLLER_KEYS.contains(&key.get_ref().as_ref()));
+    let common = CommonPollerKeys::deserialize(ValueDeserializer::from(Spanned::new(
+        span.clone(),
+        DeValue::Table(common),
+    )))
+    .map_err(|e| at(e.span().or(Some(span.clone())), e.message()))?;
+
+    let name = common.name.get_ref();
+    if !is_valid_name(name) {
+        return Err(at(
+            Some(common.name.span()),
+            &format!(
+                "invalid poller name {name:?}: use letters, digits, `_`, `-` and `.`, not starting with `.` (names become directory names)"
+            ),
+        ));
+    }
+    let repo = common.repo.get_ref();
+    if repo.trim().is_empty() {
+        return Err(at(Some(common.repo.span()), "repo must not be empty"));
+    }
+    if repo.starts_with('-') {
+        return Err(at(
+            Some(common.repo.span()),
+            "repo must not start with `-`: it would be read as a command-line option",
+        ));
+    }
+    let timing = resolve_timing(&common, defaults, at)?;
+
+    let type_name = common.vcs.get_ref();
+    let Some((vcs, backend)) = registry.get(type_name) else {
+        return Err(at(
+            Some(common.vcs.span()),
+            &format!("unknown poller type `{type_name}`; known: {}", registry.types().join(", ")),
+        ));
+    };
+    let context = PollerContext {
+        name: name.clone(),
+        repo: repo.clone(),
+        config_dir: config_dir.to_path_buf(),
+        mirror_dir: daemon.state_dir.join("mirrors").join(name),
+    };
+    let poller = backend
+        .build(context, ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(own))))
+        .map_err(|error| match error {
+            BuildError::Keys(e) => at(e.span().or(Some(span.clone())), e.message()),
+            BuildError::Invalid(message) => at(Some(common.vcs.span()), &format!("poller `{name}`: {message}")),
+        })?;
+
+    let poller = PollerConfig {
+        name: name.clone(),
+        vcs,
+        repo: repo.clone(),
+        timing,
+        project: common.project.unwrap_or_default(),
+        category: common.category,
+        codebase: common.codebase.unwrap_or_default(),
+        revlink: common.revlink,
+        properties: common.properties.unwrap_or_default(),
+        poller,
+    };
+    Ok((poller, common.name.span()))
+}
+
+fn resolve_timing(
+    keys: &CommonPollerKeys,
+    defaults: &TimingKeys,
+    at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+) -> Result<Timing, ConfigError> {
+    let pick = |own: &Option<Spanned<HumanDuration>>, default: &Option<Spanned<HumanDuration>>| {
+        own.as_ref().or(default.as_ref()).map(|d| (d.get_ref().0, Some(d.span())))
+    };
+    let (interval, interval_span) =
+        pick(&keys.interval, &defaults.interval).unwrap_or((Duration::from_secs(600), None));
+    let (jitter, jitter_span) = pick(&keys.jitter, &defaults.jitter).unwrap_or((Duration::ZERO, None));
+    let (jitter_min, jitter_min_span) =
+        pick(&keys.jitter_min, &defaults.jitter_min).unwrap_or((Duration::ZERO, None));
+    let name = keys.name.get_ref();
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if interval.is_zero() {
+        return Err(at(interval_span, &format!("poller `{name}`: interval must be greater than zero")));
+    }
+    if jitter >= interval {
+        return Err(at(
+            jitter_span,
+            &format!("poller `{name}`: jitter ({}) must be less than interval ({})", show(jitter), show(interval)),
+        ));
+    }
+    if jitter_min > jitter {
+        return Err(at(
+            jitter_min_span,
+            &format!("poller `{name}`: jitter_min ({}) must not exceed jitter ({})", show(jitter_min), show(jitter)),
+        ));
+    }
+    Ok(Timing {
+        interval,
+        jitter,
+        jitter_min,
+        at_launch: keys.at_launch.or(defaults.at_launch).unwrap_or(true),
+    })
+}
+
+/// Names become directory names under the state dir: no `/`, no leading `.`, no spaces.
+fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let ok_first = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    chars.next().is_some_and(ok_first) && chars.all(|c| ok_first(c) || c == '.')
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// A duration written as a humantime string (`"90s"`, `"1h 30m"`) or integer seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"90s\", \"10m\", \"1h 30m\", or whole seconds")
+            }
+            fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Self::Value, E> {
+                Ok(HumanDuration(Duration::from_secs(seconds)))
+            }
+            fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Self::Value, E> {
+                u64::try_from(seconds)
+                    .map(|s| HumanDuration(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                humantime::parse_duration(text)
+                    .map(HumanDuration)
+                    .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+            }
+        }
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, PollError, PollOutcome};
+    use crate::model::Cursor;
+    use async_trait::async_trait;
+
+    /// A backend with one key of its own, to test how poller tables are split.
+    struct Dummy;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DummyKeys {
+        #[serde(default)]
+        branches: Vec<String>,
+    }
+
+    struct DummyPoller;
+
+    #[async_trait]
+    impl Poller for DummyPoller {
+        async fn poll(&self, _: Option<&Cursor>) -> Result<PollOutcome, PollError> {
+            Ok(PollOutcome::Unchanged)
+        }
+        fn describe(&self) -> String {
+            String::new()
+        }
+    }
+
+    impl Backend for Dummy {
+        const TYPE: &'static str = "dummy";
+        type Config = DummyKeys;
+        fn build(&self, _: PollerContext, keys: DummyKeys) -> Result<Arc<dyn Poller>, String> {
+            if keys.branches.iter().any(|b| b.is_empty()) {
+                return Err("empty branch name".into());
+            }
+            Ok(Arc::new(DummyPoller))
+        }
+    }
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let mut registry = Registry::new();
+        registry.register(Dummy);
+        parse(Path::new("/etc/polld/pollers.toml"), text, &registry)
+    }
+
+    /// The `line:col: message` part of an error.
+    fn error_at(text: &str) -> String {
+        match load_text(text) {
+            Ok(_) => panic!("config should be rejected:\n{text}"),
+            Err(error) => {
+                let shown = error.to_string();
+                shown.strip_prefix("/etc/polld/pollers.toml:").unwrap_or(&shown).to_owned()
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_apply_and_pollers_override_them() {
+        let config = load_text(
+            r#"
+[daemon]
+state_dir = "state"
+[defaults]
+interval = "1m"
+jitter = 5
+[sink]
+type = "jsonl"
+path = "out/changes.jsonl"
+[[poller]]
+name = "a"
+type = "dummy"
+repo = "https://u:p@host/a.git"
+branches = ["main"]
+[[poller]]
+name = "b.2"
+type = "dummy"
+repo = "/srv/b"
+interval = "1h 30m"
+at_launch = false
+category = "push"
+properties = { team = "core", n = 3 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.daemon.state_dir, PathBuf::from("/etc/polld/state"));
+        assert_eq!(config.daemon.max_concurrent_polls, 32);
+        assert_eq!(config.sink, SinkConfig::Jsonl { path: "/etc/polld/out/changes.jsonl".into() });
+        let (a, b) = (&config.pollers[0], &config.pollers[1]);
+        assert_eq!(a.timing.interval, Duration::from_secs(60));
+        assert_eq!(a.timing.jitter, Duration::from_secs(5));
+        assert!(a.timing.at_launch);
+        assert_eq!(a.display_repo(), "https://host/a.git");
+        assert_eq!(b.timing.interval, Duration::from_secs(5400));
+        assert!(!b.timing.at_launch);
+        assert_eq!(b.category.as_deref(), Some("push"));
+        assert_eq!(b.properties["n"], 3);
+        assert_eq!(b.vcs, "dummy");
+    }
+
+    #[test]
+    fn an_empty_file_is_a_config_with_no_pollers() {
+        let config = load_text("").unwrap();
+        assert!(config.pollers.is_empty());
+        assert_eq!(config.sink, SinkConfig::Stdout);
+    }
+
+    #[test]
+    fn every_error_names_line_and_column() {
+        let poller = "[[poller]]\nname = \"a\"\ntype = \"dummy\"\nrepo = \"/r\"\n";
+        let cases: Vec<(String, &str)> = vec![
+            ("x = [1,\n".into(), "1:8: unclosed array"),
+            ("[deamon]\n".into(), "1:2: unknown field `deamon`"),
+            ("[daemon]\nmax_concurrent_polls = 0\n".into(), "2:24: max_concurrent_polls"),
+            ("[daemon]\nlisten = \"nope\"\n".into(), "2:10: listen must be"),
+            ("[sink]\ntype = \"carrier-pigeon\"\n".into(), "unknown variant `carrier-pigeon`"),
+            (format!("{poller}intervall = \"1m\"\n"), "5:1: unknown field `intervall`"),
+            (format!("{poller}branches = [\"\"]\n"), "3:8: poller `a`: empty branch name"),
+            (format!("{poller}{poller}"), "6:8: duplicate poller name `a`"),
+            (format!("{poller}interval = \"1m\"\njitter = \"1m\"\n"), "6:10: poller `a`: jitter (1m) must be less than interval (1m)"),
+            (format!("[defaults]\njitter = \"20m\"\n{poller}"), "2:10: poller `a`: jitter (20m)"),
+            (format!("{poller}interval = 0\n"), "5:12: poller `a`: interval must be greater than zero"),
+            (format!("{poller}interval = -5\n"), "5:12: a duration cannot be negative"),
+            (format!("{poller}interval = \"soon\"\n"), "5:12: invalid duration \"soon\""),
+            (format!("{poller}jitter = \"1s\"\njitter_min = \"2s\"\n"), "6:14: poller `a`: jitter_min (2s) must not exceed jitter (1s)"),
+            ("[[poller]]\nname = \"a/b\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(), "2:8: invalid poller name \"a/b\""),
+            ("[[poller]]\nname = \"..\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(), "2:8: invalid poller name"),
+            ("[[poller]]\nname = \"a b\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(), "2:8: invalid poller name"),
+            ("[[poller]]\nname = \"a\"\ntype = \"cvs\"\nrepo = \"/r\"\n".into(), "3:8: unknown poller type `cvs`; known: dummy"),
+            ("[[poller]]\nname = \"a\"\ntype = \"dummy\"\nrepo = \"-oProxyCommand=x\"\n".into(), "4:8: repo must not start with `-`"),
+            ("[[poller]]\nname = \"a\"\ntype = \"dummy\"\n".into(), "1:1: missing field `repo`"),
+            ("poller = 3\n".into(), "1:10: `poller` must be an array of tables"),
+        ];
+        let mut wrong = Vec::new();
+        for (text, expected) in cases {
+            let error = error_at(&text);
+            let has_position = error.split(':').take(2).all(|n| n.trim().parse::<usize>().is_ok());
+            let matches = error.starts_with(expected) || (!expected.contains(':') && error.contains(expected));
+            if !(matches && has_position) {
+                wrong.push(format!("config:\n{text}expected `{expected}`, got `{error}`"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = load(Path::new("/nonexistent/pollers.toml"), &Registry::new()).err().unwrap();
+        assert!(error.to_string().starts_with("/nonexistent/pollers.toml: "), "{error}");
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é = x", 5), (1, 5));
+        assert_eq!(line_column("", 0), (1, 1));
+    }
+}

@@ -1,0 +1,152 @@
+//! One poll, from asking the backend to having its result safely stored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::backend::PollOutcome;
+use crate::config::PollerConfig;
+use crate::model::{Change, Cursor, NewChange};
+use crate::redact;
+use crate::scheduler::PollTarget;
+use crate::store::{PollRecord, Store, unix_now};
+
+/// Runs polls and stores what they find. Cursors are cached in memory (the store is
+/// written only when a poll finds something), and poll outcomes are kept for
+/// [`Engine::take_poll_records`] so they can be saved in batches.
+pub struct Engine {
+    store: Store,
+    pollers: HashMap<String, PollerConfig>,
+    cursors: Mutex<HashMap<String, Cursor>>,
+    records: Mutex<HashMap<String, PollRecord>>,
+    /// Woken whenever changes are queued.
+    delivery: Arc<Notify>,
+}
+
+impl Engine {
+    pub fn new(store: Store, pollers: Vec<PollerConfig>, delivery: Arc<Notify>) -> Result<Self, crate::store::StoreError> {
+        let cursors = store.cursors()?;
+        Ok(Engine {
+            store,
+            pollers: pollers.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            cursors: Mutex::new(cursors),
+            records: Mutex::new(HashMap::new()),
+            delivery,
+        })
+    }
+
+    /// Polls one poller and, if it found anything, moves its cursor and queues the
+    /// changes in one transaction. Returns how many changes were queued.
+    pub async fn poll(&self, name: &str) -> Result<usize, String> {
+        let poller = self.pollers.get(name).ok_or_else(|| format!("no poller named `{name}`"))?;
+        let span = tracing::info_span!("poll", poller = %name, repo = %poller.display_repo());
+        let result = self.poll_and_store(poller).instrument(span).await;
+        let record = PollRecord {
+            poller: name.to_owned(),
+            at: unix_now(),
+            error: result.as_ref().err().cloned(),
+        };
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), record);
+        result
+    }
+
+    async fn poll_and_store(&self, poller: &PollerConfig) -> Result<usize, String> {
+        let started = Instant::now();
+        let cursor = self.cursor(&poller.name);
+        let outcome = poller
+            .poller
+            .poll(cursor.as_ref())
+            .await
+            .map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?;
+        let PollOutcome::Advanced { cursor, changes } = outcome else {
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "no change");
+            return Ok(0);
+        };
+        let changes: Vec<Change> = changes.into_iter().map(|c| make_change(poller, c)).collect();
+        let count = changes.len();
+        let store = self.store.clone();
+        let name = poller.name.clone();
+        let stored = cursor.clone();
+        tokio::task::spawn_blocking(move || store.commit_poll(&name, &stored, &changes))
+            .await
+            .map_err(|e| format!("storing the poll's result: {e}"))?
+            .map_err(|e| format!("storing the poll's result: {e}"))?;
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(poller.name.clone(), cursor);
+        if count > 0 {
+            self.delivery.notify_one();
+        }
+        tracing::info!(changes = count, elapsed_ms = started.elapsed().as_millis() as u64, "poll found changes");
+        Ok(count)
+    }
+
+    fn cursor(&self, name: &str) -> Option<Cursor> {
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// The poll outcomes since the last call, for saving in one transaction.
+    pub fn take_poll_records(&self) -> Vec<PollRecord> {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.drain().map(|(_, record)| record).collect()
+    }
+
+    /// Saves the outstanding poll outcomes (for `polld status`).
+    pub async fn save_poll_records(&self) {
+        let records = self.take_poll_records();
+        if records.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.record_polls(&records)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot save poll status"),
+            Err(error) => tracing::warn!(%error, "cannot save poll status"),
+        }
+    }
+}
+
+#[async_trait]
+impl PollTarget for Engine {
+    async fn poll(&self, poller: &str) -> Result<(), String> {
+        Engine::poll(self, poller).await.map(|_| ())
+    }
+}
+
+/// Completes what a backend found with what the poller's config says.
+fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
+    let project = found.project.unwrap_or_else(|| poller.project.clone());
+    let branch = found.branch.as_deref().unwrap_or("");
+    let id = if project.is_empty() {
+        format!("{}:{}:{}", poller.name, branch, found.revision)
+    } else {
+        format!("{}:{}:{}:{}", poller.name, project, branch, found.revision)
+    };
+    let revlink = poller
+        .revlink
+        .as_ref()
+        .map(|template| template.replace("{revision}", &found.revision).replace("{branch}", branch));
+    Change {
+        id,
+        poller: poller.name.clone(),
+        vcs: poller.vcs.to_owned(),
+        repository: poller.display_repo(),
+        branch: found.branch,
+        revision: found.revision,
+        author: found.author,
+        committer: found.committer,
+        comments: found.comments,
+        files: found.files,
+        when_timestamp: found.when_timestamp,
+        project,
+        category: poller.category.clone(),
+        codebase: poller.codebase.clone(),
+        revlink,
+        properties: poller.properties.clone(),
+    }
+}

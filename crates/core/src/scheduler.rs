@@ -1,0 +1,419 @@
+//! When each poller polls.
+//!
+//! Buildbot's semantics, on one timer structure for all pollers: each poller has a grid
+//! of slots `interval` apart from the scheduler's start; each cycle's poll happens at the
+//! slot plus a jitter drawn afresh (so jitter never accumulates). A poller never polls
+//! twice at once: a poll that falls due, or is forced, while one runs is coalesced into
+//! a single rerun right after it. A failed poll is retried with exponential backoff,
+//! capped at the interval, and each failure streak is logged once.
+//!
+//! Idle pollers cost one entry in a [`DelayQueue`]: the process wakes only when a poll
+//! is due. Polls run as tasks bounded by one semaphore (`max_concurrent_polls`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue::Key;
+
+use crate::backoff;
+use crate::config::Timing;
+
+/// The first retry after a failed poll waits this long; each further one twice as long,
+/// up to the poller's interval.
+pub const RETRY_BASE: Duration = Duration::from_secs(5);
+
+/// Whatever actually polls: the [`crate::engine::Engine`] in polld, a recorder in tests.
+#[async_trait]
+pub trait PollTarget: Send + Sync + 'static {
+    /// Polls the named poller once. The error is the cause, logged once per streak.
+    async fn poll(&self, poller: &str) -> Result<(), String>;
+}
+
+/// Asks a running scheduler to poll now.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    names: Arc<HashMap<String, usize>>,
+}
+
+impl SchedulerHandle {
+    /// Polls `poller` now (or right after its running poll). False if there is no such poller.
+    pub fn force(&self, poller: &str) -> bool {
+        match self.names.get(poller) {
+            Some(&index) => self.commands.send(Command::Force(index)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Polls every poller now.
+    pub fn force_all(&self) {
+        for &index in self.names.values() {
+            let _ = self.commands.send(Command::Force(index));
+        }
+    }
+}
+
+enum Command {
+    Force(usize),
+    Finished(usize, Result<(), String>),
+}
+
+/// One poller's place in the schedule.
+struct Slot {
+    name: String,
+    timing: Timing,
+    /// The grid point of the next regular poll.
+    next_slot: Instant,
+    /// `next_slot` plus this cycle's jitter: when the next regular poll is due.
+    next_due: Instant,
+    /// The poller's entry in the timer queue (due at `next_due`, or earlier for a retry).
+    timer: Option<Key>,
+    running: bool,
+    rerun: bool,
+    failures: u32,
+}
+
+pub struct Scheduler {
+    slots: Vec<Slot>,
+    timers: DelayQueue<usize>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    sender: mpsc::UnboundedSender<Command>,
+    handle: SchedulerHandle,
+    permits: Arc<Semaphore>,
+    polls: JoinSet<()>,
+}
+
+impl Scheduler {
+    /// A scheduler for the named pollers, starting now.
+    pub fn new(pollers: impl IntoIterator<Item = (String, Timing)>, max_concurrent_polls: usize) -> Self {
+        let start = Instant::now();
+        let mut timers = DelayQueue::new();
+        let mut slots = Vec::new();
+        let mut names = HashMap::new();
+        for (index, (name, timing)) in pollers.into_iter().enumerate() {
+            let first_slot = if timing.at_launch { start } else { start + timing.interval };
+            let next_due = first_slot + jitter(&timing);
+            let timer = Some(timers.insert_at(index, next_due));
+            names.insert(name.clone(), index);
+            slots.push(Slot {
+                name,
+                timing,
+                next_slot: first_slot,
+                next_due,
+                timer,
+                running: false,
+                rerun: false,
+                failures: 0,
+            });
+        }
+        let (sender, commands) = mpsc::unbounded_channel();
+        let handle = SchedulerHandle {
+            commands: sender.clone(),
+            names: Arc::new(names),
+        };
+        Scheduler {
+            slots,
+            timers,
+            commands,
+            sender,
+            handle,
+            permits: Arc::new(Semaphore::new(max_concurrent_polls.max(1))),
+            polls: JoinSet::new(),
+        }
+    }
+
+    pub fn handle(&self) -> SchedulerHandle {
+        self.handle.clone()
+    }
+
+    /// Schedules polls until `shutdown` is cancelled, then waits up to `grace` for the
+    /// polls in flight to finish and abandons the rest.
+    pub async fn run(mut self, target: Arc<dyn PollTarget>, shutdown: CancellationToken, grace: Duration) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(command) = self.commands.recv() => match command {
+                    Command::Force(index) => self.start_poll(index, &target),
+                    Command::Finished(index, result) => self.finished(index, result, &target),
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
+                    self.due(expired.into_inner(), &target);
+                }
+            }
+        }
+        let drained = tokio::time::timeout(grace, async { while self.polls.join_next().await.is_some() {} });
+        if drained.await.is_err() {
+            tracing::warn!(abandoned = self.polls.len(), "polls still running after the grace period; abandoning them");
+            self.polls.abort_all();
+        }
+    }
+
+    /// A timer fired: a regular poll (then the grid moves on) or a retry.
+    fn due(&mut self, index: usize, target: &Arc<dyn PollTarget>) {
+        let now = Instant::now();
+        let slot = &mut self.slots[index];
+        if now >= slot.next_due {
+            let interval = slot.timing.interval;
+            slot.next_slot += interval;
+            // After a stall (a suspended laptop, an overloaded host) skip missed slots
+            // rather than polling in a burst to catch up.
+            while slot.next_slot <= now {
+                slot.next_slot += interval;
+            }
+            slot.next_due = slot.next_slot + jitter(&slot.timing);
+        }
+        slot.timer = Some(self.timers.insert_at(index, slot.next_due));
+        self.start_poll(index, target);
+    }
+
+    fn start_poll(&mut self, index: usize, target: &Arc<dyn PollTarget>) {
+        let slot = &mut self.slots[index];
+        if slot.running {
+            slot.rerun = true;
+            return;
+        }
+        slot.running = true;
+        let name = slot.name.clone();
+        let target = Arc::clone(target);
+        let permits = Arc::clone(&self.permits);
+        let finished = self.sender.clone();
+        self.polls.spawn(async move {
+            let result = match permits.acquire_owned().await {
+                Ok(_permit) => target.poll(&name).await,
+                Err(_) => Err("scheduler is shutting down".to_owned()),
+            };
+            let _ = finished.send(Command::Finished(index, result));
+        });
+        // Reap finished tasks so the set does not grow with every poll.
+        while self.polls.try_join_next().is_some() {}
+    }
+
+    fn finished(&mut self, index: usize, result: Result<(), String>, target: &Arc<dyn PollTarget>) {
+        let slot = &mut self.slots[index];
+        slot.running = false;
+        match result {
+            Ok(()) => {
+                if slot.failures > 0 {
+                    tracing::info!(poller = %slot.name, failures = slot.failures, "poller recovered");
+                }
+                slot.failures = 0;
+            }
+            Err(cause) => {
+                slot.failures += 1;
+                let retry_in = backoff::exponential(slot.failures, RETRY_BASE, slot.timing.interval);
+                if slot.failures == 1 {
+                    tracing::warn!(poller = %slot.name, error = %cause, retry_in = %humantime::format_duration(retry_in), "poll failed; retrying with backoff until it succeeds");
+                } else {
+                    tracing::debug!(poller = %slot.name, error = %cause, failures = slot.failures, "poll failed again");
+                }
+                let retry_at = Instant::now() + retry_in;
+                if retry_at < slot.next_due {
+                    match &slot.timer {
+                        Some(key) => self.timers.reset_at(key, retry_at),
+                        None => slot.timer = Some(self.timers.insert_at(index, retry_at)),
+                    }
+                }
+            }
+        }
+        if std::mem::take(&mut self.slots[index].rerun) {
+            self.start_poll(index, target);
+        }
+    }
+}
+
+fn jitter(timing: &Timing) -> Duration {
+    backoff::uniform(timing.jitter_min, timing.jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records when each poll starts; polls take `duration` and fail while `failing`.
+    struct Recorder {
+        start: Instant,
+        duration: Duration,
+        failing: Mutex<bool>,
+        starts: Mutex<Vec<(String, Duration)>>,
+        running: Mutex<usize>,
+        max_running: Mutex<usize>,
+    }
+
+    impl Recorder {
+        fn new(duration: Duration) -> Arc<Self> {
+            Arc::new(Recorder {
+                start: Instant::now(),
+                duration,
+                failing: Mutex::new(false),
+                starts: Mutex::new(Vec::new()),
+                running: Mutex::new(0),
+                max_running: Mutex::new(0),
+            })
+        }
+
+        /// Start times of `name`'s polls, in whole milliseconds since the start.
+        fn times(&self, name: &str) -> Vec<u128> {
+            let starts = self.starts.lock().unwrap();
+            starts.iter().filter(|(n, _)| n == name).map(|(_, at)| at.as_millis()).collect()
+        }
+    }
+
+    #[async_trait]
+    impl PollTarget for Recorder {
+        async fn poll(&self, poller: &str) -> Result<(), String> {
+            self.starts.lock().unwrap().push((poller.to_owned(), self.start.elapsed()));
+            {
+                let mut running = self.running.lock().unwrap();
+                *running += 1;
+                let mut max = self.max_running.lock().unwrap();
+                *max = (*max).max(*running);
+            }
+            tokio::time::sleep(self.duration).await;
+            *self.running.lock().unwrap() -= 1;
+            if *self.failing.lock().unwrap() { Err("remote hung up".into()) } else { Ok(()) }
+        }
+    }
+
+    fn timing(interval: u64, at_launch: bool) -> Timing {
+        Timing {
+            interval: Duration::from_secs(interval),
+            jitter: Duration::ZERO,
+            jitter_min: Duration::ZERO,
+            at_launch,
+        }
+    }
+
+    /// Runs a scheduler over `pollers` for `seconds` of paused time.
+    async fn run_for(
+        seconds: u64,
+        recorder: &Arc<Recorder>,
+        pollers: Vec<(&str, Timing)>,
+        max_concurrent: usize,
+        during: impl FnOnce(SchedulerHandle) -> tokio::task::JoinHandle<()>,
+    ) {
+        let scheduler = Scheduler::new(pollers.into_iter().map(|(n, t)| (n.to_owned(), t)), max_concurrent);
+        let shutdown = CancellationToken::new();
+        let helper = during(scheduler.handle());
+        let target: Arc<dyn PollTarget> = recorder.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.cancel();
+        });
+        scheduler.run(target, shutdown, Duration::from_secs(60)).await;
+        helper.abort();
+    }
+
+    fn nothing(_: SchedulerHandle) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async {})
+    }
+
+    /// Millisecond timestamps may lag by the timer wheel's 1 ms resolution.
+    fn assert_near(actual: &[u128], expected: &[u128]) {
+        assert_eq!(actual.len(), expected.len(), "polls at {actual:?}, expected {expected:?}");
+        for (a, e) in actual.iter().zip(expected) {
+            assert!(a.abs_diff(*e) <= 2, "polls at {actual:?}, expected {expected:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_on_a_fixed_grid_whatever_each_poll_takes() {
+        let recorder = Recorder::new(Duration::from_secs(3));
+        run_for(45, &recorder, vec![("a", timing(10, true)), ("b", timing(10, false))], 8, nothing).await;
+        assert_near(&recorder.times("a"), &[0, 10_000, 20_000, 30_000, 40_000]);
+        assert_near(&recorder.times("b"), &[10_000, 20_000, 30_000, 40_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_is_redrawn_each_cycle_and_never_accumulates() {
+        let recorder = Recorder::new(Duration::from_millis(10));
+        let jittered = Timing {
+            jitter: Duration::from_secs(2),
+            jitter_min: Duration::from_secs(1),
+            ..timing(10, true)
+        };
+        run_for(500, &recorder, vec![("a", jittered)], 8, nothing).await;
+        let times = recorder.times("a");
+        assert_eq!(times.len(), 50, "{times:?}");
+        for (cycle, at) in times.iter().enumerate() {
+            let offset = at.saturating_sub(cycle as u128 * 10_000);
+            assert!((1_000..=2_002).contains(&offset), "cycle {cycle} polled at {at}");
+        }
+        let distinct: std::collections::HashSet<_> = times.iter().map(|t| t % 10_000).collect();
+        assert!(distinct.len() > 10, "jitter should vary: {times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_polls_during_a_poll_coalesce_into_one_rerun() {
+        let recorder = Recorder::new(Duration::from_secs(5));
+        run_for(30, &recorder, vec![("a", timing(3600, true))], 8, |handle| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for _ in 0..3 {
+                    assert!(handle.force("a"));
+                }
+                assert!(!handle.force("nosuch"));
+                tokio::time::sleep(Duration::from_secs(19)).await;
+                handle.force("a");
+            })
+        })
+        .await;
+        // The launch poll, one rerun straight after it, then the idle force at 20 s.
+        assert_near(&recorder.times("a"), &[0, 5_000, 20_000]);
+        assert_eq!(*recorder.max_running.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_falling_due_while_one_runs_reruns_once_after_it() {
+        let recorder = Recorder::new(Duration::from_secs(25));
+        run_for(55, &recorder, vec![("a", timing(10, true))], 8, nothing).await;
+        // Due at 10 and 20 while the first poll runs: one rerun at 25. Due at 30, 40,
+        // 50 during the second: one rerun at 50.
+        assert_near(&recorder.times("a"), &[0, 25_000, 50_000]);
+        assert_eq!(*recorder.max_running.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_max_concurrent_polls() {
+        let recorder = Recorder::new(Duration::from_secs(1));
+        let pollers = ["a", "b", "c", "d", "e"].into_iter().map(|n| (n, timing(60, true))).collect();
+        run_for(10, &recorder, pollers, 2, nothing).await;
+        assert_eq!(*recorder.max_running.lock().unwrap(), 2);
+        assert_eq!(recorder.starts.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_exponentially_capped_at_the_interval() {
+        let recorder = Recorder::new(Duration::ZERO);
+        *recorder.failing.lock().unwrap() = true;
+        run_for(130, &recorder, vec![("a", timing(60, true))], 8, nothing).await;
+        // Retries after 5, 10, 20 s; then the grid slot at 60 comes before the next
+        // retry (75), and from then on the backoff is capped at the interval.
+        assert_near(&recorder.times("a"), &[0, 5_000, 15_000, 35_000, 60_000, 120_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_ends_the_backoff() {
+        let recorder = Recorder::new(Duration::ZERO);
+        *recorder.failing.lock().unwrap() = true;
+        let healer = Arc::clone(&recorder);
+        run_for(70, &recorder, vec![("a", timing(30, true))], 8, move |_| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(7)).await;
+                *healer.failing.lock().unwrap() = false;
+            })
+        })
+        .await;
+        // Fails at 0 and 5, succeeds at 15, then back on the grid: 30, 60.
+        assert_near(&recorder.times("a"), &[0, 5_000, 15_000, 30_000, 60_000]);
+    }
+}

@@ -1,0 +1,43 @@
+//! The default sink: one JSON object per line on standard output.
+
+use async_trait::async_trait;
+use tokio::io::{AsyncWriteExt, Stdout};
+
+use super::{Sink, SinkError, SinkFailure, json_line};
+use crate::model::Change;
+
+/// Writes and flushes each change on its own, so a reader piped to polld sees every
+/// change as soon as it is queued, and a change counts as delivered once flushed.
+pub struct StdoutSink {
+    out: Stdout,
+}
+
+impl StdoutSink {
+    pub fn new() -> Self {
+        StdoutSink { out: tokio::io::stdout() }
+    }
+}
+
+impl Default for StdoutSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Sink for StdoutSink {
+    async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
+        for (acknowledged, change) in changes.iter().enumerate() {
+            let fail = |error| SinkFailure { acknowledged, error };
+            let line = json_line(change).map_err(fail)?;
+            let written = async {
+                self.out.write_all(&line).await?;
+                self.out.flush().await
+            };
+            written
+                .await
+                .map_err(|e| fail(SinkError::Unavailable(format!("cannot write to standard output: {e}"))))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,450 @@
+//! The durable state: each poller's cursor, the outbox of changes waiting for the sink,
+//! and the dead letters the sink refused.
+//!
+//! One SQLite file (`<state_dir>/state.db`, WAL mode) holds all of it, so that moving a
+//! cursor and queueing the changes it found is a single transaction: after a crash,
+//! either both happened or neither did. A queued change is deleted only once the sink
+//! acknowledged it, which makes delivery at-least-once and in order per poller.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::{Change, Cursor};
+
+/// The schema this build writes. Each later version adds one step to [`MIGRATIONS`].
+const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE cursors (
+        poller     TEXT PRIMARY KEY,
+        cursor     TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        poller     TEXT NOT NULL,
+        change     TEXT NOT NULL,
+        queued_at  INTEGER NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_poller ON outbox (poller);
+    CREATE TABLE dead_letters (
+        seq        INTEGER PRIMARY KEY,
+        poller     TEXT NOT NULL,
+        change     TEXT NOT NULL,
+        queued_at  INTEGER NOT NULL,
+        failed_at  INTEGER NOT NULL,
+        error      TEXT NOT NULL
+    );
+    CREATE TABLE poll_status (
+        poller       TEXT PRIMARY KEY,
+        last_poll    INTEGER,
+        last_success INTEGER,
+        last_error   TEXT
+    );
+"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database {path} has schema version {found}, newer than this polld understands ({SCHEMA_VERSION}); upgrade polld"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database task failed: {0}")]
+    Task(String),
+    #[error("state database holds a record that is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A change waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    /// Position in the outbox: delivery follows it.
+    pub seq: i64,
+    pub change: Change,
+}
+
+/// What `polld status` shows for one poller, as far as the store knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredStatus {
+    pub cursor: Option<Cursor>,
+    pub last_poll: Option<i64>,
+    pub last_success: Option<i64>,
+    pub last_error: Option<String>,
+    pub pending: u64,
+    pub dead_letters: u64,
+    /// The sink's last complaint about this poller's oldest waiting change.
+    pub last_delivery_error: Option<String>,
+}
+
+/// The outcome of one poll, saved for `polld status` (in batches, not per poll).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollRecord {
+    pub poller: String,
+    pub at: i64,
+    /// `None` for a successful poll.
+    pub error: Option<String>,
+}
+
+/// A handle on the state database. Clones share one connection; every method blocks,
+/// so async code calls them from `tokio::task::spawn_blocking`.
+#[derive(Clone)]
+pub struct Store {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<state_dir>/state.db`. A file that is not a polld
+    /// store, or is corrupt, is an error: state is never silently reset.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join("state.db");
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut connection = Connection::open(&path).map_err(open_error)?;
+        restrict_to_owner(&path);
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;",
+            )
+            .map_err(open_error)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_error)?;
+        migrate(&mut connection, &path)?;
+        Ok(Store {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions
+        // roll back on drop), so a poisoned lock is still safe to use.
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every poller's cursor, by poller name.
+    pub fn cursors(&self) -> Result<HashMap<String, Cursor>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare("SELECT poller, cursor FROM cursors")?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+        let mut cursors = HashMap::new();
+        for row in rows {
+            let (poller, cursor) = row?;
+            cursors.insert(poller, serde_json::from_str(&cursor)?);
+        }
+        Ok(cursors)
+    }
+
+    /// Moves `poller`'s cursor and queues `changes` (oldest first), atomically.
+    pub fn commit_poll(&self, poller: &str, cursor: &Cursor, changes: &[Change]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let now = unix_now();
+        transaction.execute(
+            "INSERT INTO cursors (poller, cursor, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (poller) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+            params![poller, serde_json::to_string(cursor)?, now],
+        )?;
+        {
+            let mut insert =
+                transaction.prepare_cached("INSERT INTO outbox (poller, change, queued_at) VALUES (?1, ?2, ?3)")?;
+            for change in changes {
+                insert.execute(params![poller, serde_json::to_string(change)?, now])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` queued changes, oldest first.
+    pub fn peek(&self, limit: usize) -> Result<Vec<Queued>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached("SELECT seq, change FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = statement.query_map([limit as i64], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+        let mut queued = Vec::new();
+        for row in rows {
+            let (seq, change) = row?;
+            queued.push(Queued {
+                seq,
+                change: serde_json::from_str(&change)?,
+            });
+        }
+        Ok(queued)
+    }
+
+    /// Removes changes the sink acknowledged.
+    pub fn acknowledge(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for seq in seqs {
+                delete.execute([seq])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Notes a failed delivery attempt of one queued change, for `polld status`.
+    pub fn record_attempt(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            params![seq, error],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a change the sink refused out of the outbox, so it blocks nothing.
+    pub fn dead_letter(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        transaction.execute(
+            "INSERT INTO dead_letters (seq, poller, change, queued_at, failed_at, error)
+             SELECT seq, poller, change, queued_at, ?2, ?3 FROM outbox WHERE seq = ?1",
+            params![seq, unix_now(), error],
+        )?;
+        transaction.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Puts dead letters (of one poller, or all) back in the outbox at their original
+    /// positions. Returns how many.
+    pub fn redeliver(&self, poller: Option<&str>) -> Result<usize, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let filter = "(?1 IS NULL OR poller = ?1)";
+        transaction.execute(
+            &format!(
+                "INSERT INTO outbox (seq, poller, change, queued_at)
+                 SELECT seq, poller, change, queued_at FROM dead_letters WHERE {filter}"
+            ),
+            [poller],
+        )?;
+        let moved = transaction.execute(&format!("DELETE FROM dead_letters WHERE {filter}"), [poller])?;
+        transaction.commit()?;
+        Ok(moved)
+    }
+
+    /// Saves the latest poll outcomes, all in one transaction.
+    pub fn record_polls(&self, records: &[PollRecord]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut upsert = transaction.prepare_cached(
+                "INSERT INTO poll_status (poller, last_poll, last_success, last_error)
+                 VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN ?2 END, ?3)
+                 ON CONFLICT (poller) DO UPDATE SET
+                     last_poll = excluded.last_poll,
+                     last_success = COALESCE(excluded.last_success, poll_status.last_success),
+                     last_error = excluded.last_error",
+            )?;
+            for record in records {
+                upsert.execute(params![record.poller, record.at, record.error])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// What the store knows of each named poller, in the order given.
+    pub fn status(&self, pollers: &[&str]) -> Result<Vec<StoredStatus>, StoreError> {
+        let connection = self.lock();
+        let mut statuses = Vec::with_capacity(pollers.len());
+        for poller in pollers {
+            let cursor: Option<String> = connection
+                .query_row("SELECT cursor FROM cursors WHERE poller = ?1", [poller], |row| row.get(0))
+                .optional()?;
+            let (last_poll, last_success, last_error) = connection
+                .query_row(
+                    "SELECT last_poll, last_success, last_error FROM poll_status WHERE poller = ?1",
+                    [poller],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?
+                .unwrap_or((None, None, None));
+            let pending: i64 =
+                connection.query_row("SELECT COUNT(*) FROM outbox WHERE poller = ?1", [poller], |row| row.get(0))?;
+            let dead_letters: i64 =
+                connection.query_row("SELECT COUNT(*) FROM dead_letters WHERE poller = ?1", [poller], |row| {
+                    row.get(0)
+                })?;
+            let last_delivery_error: Option<String> = connection
+                .query_row(
+                    "SELECT last_error FROM outbox WHERE poller = ?1 AND last_error IS NOT NULL ORDER BY seq LIMIT 1",
+                    [poller],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            statuses.push(StoredStatus {
+                cursor: cursor.map(|c| serde_json::from_str(&c)).transpose()?,
+                last_poll,
+                last_success,
+                last_error,
+                pending: pending as u64,
+                dead_letters: dead_letters as u64,
+                last_delivery_error,
+            });
+        }
+        Ok(statuses)
+    }
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let found: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let transaction = connection.transaction().map_err(open_error)?;
+        transaction.execute_batch(step).map_err(open_error)?;
+        transaction
+            .pragma_update(None, "user_version", version as i64 + 1)
+            .map_err(open_error)?;
+        transaction.commit().map_err(open_error)?;
+    }
+    Ok(())
+}
+
+/// The state dir holds mirrors of private repositories: only its owner may read it.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn restrict_to_owner(file: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(error) = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %file.display(), %error, "cannot restrict the state database to its owner");
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, the unit of every timestamp polld stores and shows.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(poller: &str, revision: &str) -> Change {
+        Change {
+            id: format!("{poller}:main:{revision}"),
+            poller: poller.into(),
+            vcs: "git".into(),
+            repository: "/r".into(),
+            branch: Some("main".into()),
+            revision: revision.into(),
+            author: "A <a@x>".into(),
+            committer: None,
+            comments: String::new(),
+            files: vec![],
+            when_timestamp: 0,
+            project: String::new(),
+            category: None,
+            codebase: String::new(),
+            revlink: None,
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn cursor_and_changes_move_together_and_leave_only_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cursor = Cursor(json!({"refs": {"refs/heads/main": "b"}}));
+        store.commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")]).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.cursors().unwrap()["app"], cursor);
+        let queued = store.peek(10).unwrap();
+        assert_eq!(queued.iter().map(|q| q.change.revision.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        store.acknowledge(&[queued[0].seq]).unwrap();
+        assert_eq!(store.peek(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dead_letters_go_back_to_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cursor = Cursor(json!({}));
+        store.commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")]).unwrap();
+        let first = store.peek(1).unwrap()[0].seq;
+        store.dead_letter(first, "HTTP 400").unwrap();
+        let status = store.status(&["app"]).unwrap();
+        assert_eq!((status[0].pending, status[0].dead_letters), (1, 1));
+        assert_eq!(store.redeliver(Some("other")).unwrap(), 0);
+        assert_eq!(store.redeliver(Some("app")).unwrap(), 1);
+        assert_eq!(store.peek(10).unwrap()[0].change.revision, "a");
+    }
+
+    #[test]
+    fn a_corrupt_database_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.db"), b"this is not sqlite, not at all, no").unwrap();
+        let error = Store::open(dir.path()).err().expect("corrupt store must not open");
+        assert!(error.to_string().contains("state.db"), "{error}");
+    }
+
+    #[test]
+    fn poll_records_keep_the_last_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ok = PollRecord { poller: "app".into(), at: 10, error: None };
+        let failed = PollRecord { poller: "app".into(), at: 20, error: Some("refused".into()) };
+        store.record_polls(&[ok]).unwrap();
+        store.record_polls(&[failed]).unwrap();
+        let status = &store.status(&["app"]).unwrap()[0];
+        assert_eq!((status.last_poll, status.last_success), (Some(20), Some(10)));
+        assert_eq!(status.last_error.as_deref(), Some("refused"));
+    }
+}

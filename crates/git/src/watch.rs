@@ -1,0 +1,216 @@
+//! Which of the remote's refs a poller watches.
+//!
+//! Globs match short names (`main`, `release/1.0`, `v1.2`) because that is how users
+//! think of branches and tags; the result is keyed by full ref names so that a branch
+//! and a tag with the same short name never collide.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use git2::Oid;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+pub(crate) const HEADS: &str = "refs/heads/";
+pub(crate) const TAGS: &str = "refs/tags/";
+
+/// The `tags` key: `false` (default), `true` (every tag), or globs on tag names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TagSelection {
+    #[default]
+    None,
+    All,
+    Matching(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for TagSelection {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TagsVisitor;
+
+        impl<'de> Visitor<'de> for TagsVisitor {
+            type Value = TagSelection;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a list of tag-name globs")
+            }
+
+            fn visit_bool<E: de::Error>(self, all: bool) -> Result<TagSelection, E> {
+                Ok(if all {
+                    TagSelection::All
+                } else {
+                    TagSelection::None
+                })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TagSelection, A::Error> {
+                let mut globs = Vec::new();
+                while let Some(glob) = seq.next_element::<String>()? {
+                    globs.push(glob);
+                }
+                Ok(TagSelection::Matching(globs))
+            }
+        }
+
+        deserializer.deserialize_any(TagsVisitor)
+    }
+}
+
+/// A set of short-name globs, or everything.
+#[derive(Debug, Clone)]
+enum NameFilter {
+    All,
+    Globs(GlobSet),
+}
+
+impl NameFilter {
+    /// `"*"` alone means everything; otherwise the globs are compiled so that a typo
+    /// fails `polld check` instead of silently watching nothing. `*` matches across
+    /// `/` (globset's default), so `release/*` also covers `release/1.0/hotfix`.
+    fn new(what: &str, globs: &[String]) -> Result<NameFilter, String> {
+        if globs.iter().any(|g| g == "*") {
+            return Ok(NameFilter::All);
+        }
+        let mut set = GlobSetBuilder::new();
+        for glob in globs {
+            let compiled = Glob::new(glob).map_err(|e| format!("{what} glob {glob:?}: {e}"))?;
+            set.add(compiled);
+        }
+        set.build()
+            .map(NameFilter::Globs)
+            .map_err(|e| format!("{what} globs: {e}"))
+    }
+
+    fn matches(&self, short_name: &str) -> bool {
+        match self {
+            NameFilter::All => true,
+            NameFilter::Globs(set) => set.is_match(short_name),
+        }
+    }
+}
+
+/// The compiled `branches` and `tags` keys.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    /// `None`: the branch the remote's HEAD points at.
+    branches: Option<NameFilter>,
+    tags: Option<NameFilter>,
+    summary: String,
+}
+
+impl Watch {
+    pub(crate) fn new(branches: Option<&[String]>, tags: &TagSelection) -> Result<Watch, String> {
+        let branch_filter = branches
+            .map(|globs| NameFilter::new("branches", globs))
+            .transpose()?;
+        let tag_filter = match tags {
+            TagSelection::None => None,
+            TagSelection::All => Some(NameFilter::All),
+            TagSelection::Matching(globs) if globs.is_empty() => None,
+            TagSelection::Matching(globs) => Some(NameFilter::new("tags", globs)?),
+        };
+        if matches!(branches, Some([])) && tag_filter.is_none() {
+            return Err("branches = [] and no tags: this poller would watch nothing".into());
+        }
+
+        let mut summary = match branches {
+            None => "branch: remote HEAD".to_owned(),
+            Some([]) => "no branches".to_owned(),
+            Some(globs) => format!("branches {}", globs.join(", ")),
+        };
+        match tags {
+            TagSelection::None => {}
+            TagSelection::All => summary.push_str("; tags: all"),
+            TagSelection::Matching(globs) if globs.is_empty() => {}
+            TagSelection::Matching(globs) => {
+                summary.push_str(&format!("; tags {}", globs.join(", ")));
+            }
+        }
+        Ok(Watch {
+            branches: branch_filter,
+            tags: tag_filter,
+            summary,
+        })
+    }
+
+    /// One line for `polld check`.
+    pub(crate) fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// The watched subset of the advertised refs (`remote_head`: the full name of the
+    /// branch the remote's HEAD points at).
+    pub(crate) fn select(
+        &self,
+        advertised: &BTreeMap<String, Oid>,
+        remote_head: Option<&str>,
+    ) -> BTreeMap<String, Oid> {
+        advertised
+            .iter()
+            .filter(|(name, _)| self.watches(name, remote_head))
+            .map(|(name, oid)| (name.clone(), *oid))
+            .collect()
+    }
+
+    fn watches(&self, name: &str, remote_head: Option<&str>) -> bool {
+        if let Some(short) = name.strip_prefix(HEADS) {
+            match &self.branches {
+                None => remote_head == Some(name),
+                Some(filter) => filter.matches(short),
+            }
+        } else if let Some(short) = name.strip_prefix(TAGS) {
+            self.tags.as_ref().is_some_and(|filter| filter.matches(short))
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advertised(names: &[&str]) -> BTreeMap<String, Oid> {
+        names.iter().map(|n| (n.to_string(), Oid::zero())).collect()
+    }
+
+    fn selected(watch: &Watch, head: Option<&str>) -> Vec<String> {
+        let refs = advertised(&[
+            "refs/heads/main",
+            "refs/heads/release/1.0",
+            "refs/heads/feature/x",
+            "refs/tags/v1",
+            "refs/tags/nightly",
+        ]);
+        watch.select(&refs, head).into_keys().collect()
+    }
+
+    #[test]
+    fn selects_by_short_name() {
+        let globs = ["main".to_owned(), "release/*".to_owned()];
+        let watch = Watch::new(Some(&globs), &TagSelection::Matching(vec!["v*".into()])).unwrap();
+        assert_eq!(
+            selected(&watch, None),
+            ["refs/heads/main", "refs/heads/release/1.0", "refs/tags/v1"]
+        );
+        assert_eq!(watch.summary(), "branches main, release/*; tags v*");
+
+        let head = Watch::new(None, &TagSelection::None).unwrap();
+        assert_eq!(
+            selected(&head, Some("refs/heads/feature/x")),
+            ["refs/heads/feature/x"]
+        );
+        assert!(selected(&head, None).is_empty());
+        assert_eq!(head.summary(), "branch: remote HEAD");
+
+        let all = Watch::new(Some(&["*".to_owned()]), &TagSelection::All).unwrap();
+        assert_eq!(selected(&all, None).len(), 5);
+    }
+
+    #[test]
+    fn rejects_bad_globs_and_empty_watches() {
+        assert!(Watch::new(Some(&["[".to_owned()]), &TagSelection::None).is_err());
+        assert!(Watch::new(None, &TagSelection::Matching(vec!["a{".into()])).is_err());
+        assert!(Watch::new(Some(&[]), &TagSelection::None).is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! What `polld check` and `polld status` print.
+
+use std::process::ExitCode;
+
+use polld_core::config::Config;
+use polld_core::store::{Store, StoredStatus};
+use serde_json::json;
+
+/// One line per poller: what it watches and when.
+pub fn print_check(config: &Config) {
+    for poller in &config.pollers {
+        let timing = &poller.timing;
+        let mut when = format!("every {}", humantime::format_duration(timing.interval));
+        if !timing.jitter.is_zero() {
+            when += &format!(
+                " + {}..{} jitter",
+                humantime::format_duration(timing.jitter_min),
+                humantime::format_duration(timing.jitter)
+            );
+        }
+        if !timing.at_launch {
+            when += ", first poll after one interval";
+        }
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            poller.name,
+            poller.vcs,
+            poller.display_repo(),
+            when,
+            poller.poller.describe()
+        );
+    }
+    eprintln!("{}: ok, {} poller(s)", config.path.display(), config.pollers.len());
+}
+
+pub fn print_status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let names: Vec<&str> = config.pollers.iter().map(|p| p.name.as_str()).collect();
+    let statuses = if config.daemon.state_dir.join("state.db").exists() {
+        Store::open(&config.daemon.state_dir)?.status(&names)?
+    } else {
+        vec![StoredStatus::default(); names.len()]
+    };
+    let rows = config.pollers.iter().zip(&statuses);
+    if as_json {
+        let pollers: Vec<_> = rows
+            .map(|(poller, status)| {
+                json!({
+                    "name": poller.name,
+                    "type": poller.vcs,
+                    "repo": poller.display_repo(),
+                    "cursor": status.cursor,
+                    "last_poll": status.last_poll,
+                    "last_success": status.last_success,
+                    "last_error": status.last_error,
+                    "pending": status.pending,
+                    "dead_letters": status.dead_letters,
+                    "last_delivery_error": status.last_delivery_error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "pollers": pollers }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (poller, status) in rows {
+        println!("{} ({}) {}", poller.name, poller.vcs, poller.display_repo());
+        let cursor = status.cursor.as_ref().map_or("none (not polled yet)".to_owned(), |c| c.0.to_string());
+        println!("  cursor:       {cursor}");
+        println!("  last poll:    {}", time(status.last_poll));
+        println!("  last success: {}", time(status.last_success));
+        println!("  last error:   {}", status.last_error.as_deref().unwrap_or("-"));
+        println!("  pending:      {}", status.pending);
+        println!("  dead letters: {}", status.dead_letters);
+        if let Some(error) = &status.last_delivery_error {
+            println!("  delivery:     {error}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(unix: Option<i64>) -> String {
+    match unix.and_then(|s| u64::try_from(s).ok()) {
+        Some(seconds) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        None => "never".to_owned(),
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh machine, then runs every
+# test, plus the format and lint checks. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Cargo's build cache lives outside the checkout, so a fresh clone rebuilds incrementally.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
+
+# System packages the tests drive for real (git daemon ships with git).
+missing=()
+command -v git >/dev/null || missing+=(git)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
