@@ -1,0 +1,121 @@
+//! Why a git poll failed.
+//!
+//! libgit2's messages are kept (without its class/code suffix) because they are what
+//! a user can act on; but libgit2 echoes URLs, so every message goes through
+//! [`redact`] before it leaves this crate.
+
+use polld_core::PollError;
+use polld_core::redact;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GitError {
+    #[error("environment variable {0} (password_env) is not set or not valid UTF-8")]
+    MissingPassword(String),
+    #[error("repository path {0} does not exist or is not a directory")]
+    NoSuchPath(String),
+    #[error("cannot list the remote's refs: {0}")]
+    ListRefs(String),
+    #[error("cannot fetch {refs} ref(s) into the mirror: {message}")]
+    Fetch { refs: usize, message: String },
+    #[error(
+        "{name} moved on the remote between listing and fetching ({oid} was not fetched); \
+         the next poll will pick it up"
+    )]
+    Raced { name: String, oid: String },
+    #[error("mirror {path}: {message}")]
+    Mirror { path: String, message: String },
+    #[error("reading history of {name}: {message}")]
+    History { name: String, message: String },
+    #[error("the stored cursor is not a git cursor: {0}")]
+    BadCursor(#[source] serde_json::Error),
+    #[error("the stored cursor has an invalid object id {hex:?} for {name}")]
+    BadCursorOid { name: String, hex: String },
+    #[error("the git task did not finish: {0}")]
+    Task(String),
+}
+
+impl GitError {
+    pub(crate) fn mirror(path: &std::path::Path, error: impl ErrorMessage) -> GitError {
+        GitError::Mirror {
+            path: path.display().to_string(),
+            message: error.message(),
+        }
+    }
+
+    pub(crate) fn history(name: &str, error: &git2::Error) -> GitError {
+        GitError::History {
+            name: name.to_owned(),
+            message: error.message().to_owned(),
+        }
+    }
+
+    /// The error as the core reports it, with `repo`'s credentials scrubbed.
+    pub(crate) fn into_poll_error(self, repo: &str) -> PollError {
+        PollError::new(redact(&self.to_string(), repo))
+    }
+}
+
+/// The useful part of an error's text: libgit2's message without `; class=...`.
+pub(crate) trait ErrorMessage {
+    fn message(&self) -> String;
+}
+
+impl ErrorMessage for &git2::Error {
+    fn message(&self) -> String {
+        git2::Error::message(self).to_owned()
+    }
+}
+
+impl ErrorMessage for git2::Error {
+    fn message(&self) -> String {
+        git2::Error::message(self).to_owned()
+    }
+}
+
+impl ErrorMessage for std::io::Error {
+    fn message(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// [`polld_core::redact::scrub`], plus any `userinfo@` that survived in another
+/// spelling of the URL (libgit2 re-serialises URLs it parsed, e.g. with a default port).
+pub(crate) fn redact(text: &str, repo: &str) -> String {
+    let scrubbed = redact::scrub(text, repo);
+    let Some(userinfo) = userinfo(repo) else {
+        return scrubbed;
+    };
+    let mut out = scrubbed.replace(&format!("{userinfo}@"), "");
+    if let Some((_, password)) = userinfo.split_once(':')
+        && !password.is_empty()
+    {
+        out = out.replace(password, "***");
+    }
+    out
+}
+
+fn userinfo(repo: &str) -> Option<&str> {
+    let rest = &repo[repo.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_spelling_of_the_credentials() {
+        let repo = "https://ada:s3cret@git.example/app.git";
+        assert_eq!(
+            redact(&format!("cannot reach {repo}"), repo),
+            "cannot reach https://git.example/app.git"
+        );
+        assert_eq!(
+            redact("cannot reach https://ada:s3cret@git.example:443/app.git", repo),
+            "cannot reach https://git.example:443/app.git"
+        );
+        assert_eq!(redact("password s3cret rejected", repo), "password *** rejected");
+        assert_eq!(redact("plain /srv/x", "/srv/x"), "plain /srv/x");
+    }
+}
