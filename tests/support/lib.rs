@@ -31,7 +31,15 @@ pub fn polld_bin() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let manifest = workspace_root().join("Cargo.toml");
         let out = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "polld", "--bin", "polld", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "polld",
+                "--bin",
+                "polld",
+                "--manifest-path",
+            ])
             .arg(&manifest)
             .env("CARGO_TARGET_DIR", &target)
             .stdin(Stdio::null())
@@ -327,6 +335,35 @@ impl GitRepo {
         self.commit_staged(msg)
     }
 
+    /// Commits what is in the work tree with a message given as raw bytes, stored as
+    /// they are (`git commit` would "fix" non-UTF-8 bytes as Latin-1; this writes the
+    /// commit object itself).
+    pub fn commit_raw_message(&self, file: &str, content: &str, msg: &[u8]) -> String {
+        let full = self.path.join(file);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, content).unwrap();
+        self.git(&["add", "-A"]);
+        let tree = self.git(&["write-tree"]);
+        let parent = self.head();
+        let t = tick();
+        let mut object = format!(
+            "tree {tree}\nparent {parent}\nauthor {AUTHOR_NAME} <{AUTHOR_EMAIL}> {} +0000\ncommitter {COMMITTER_NAME} <{COMMITTER_EMAIL}> {t} +0000\n\n",
+            t - AUTHOR_LAG
+        )
+        .into_bytes();
+        object.extend_from_slice(msg);
+        let sha = String::from_utf8(self.git_out(
+            ["hash-object", "-t", "commit", "-w", "--stdin"],
+            Some(&object),
+        ))
+        .unwrap()
+        .trim()
+        .to_string();
+        self.git(&["update-ref", "HEAD", &sha]);
+        self.reset_hard("HEAD");
+        sha
+    }
+
     /// Writes several files in one commit.
     pub fn commit_files(&self, files: &[(&str, &str)], msg: &str) -> String {
         for (file, content) in files {
@@ -566,8 +603,7 @@ impl GitRepo {
             ],
             Some(input.as_bytes()),
         );
-        let mut meta: HashMap<String, (Vec<String>, String, String, i64, String)> =
-            HashMap::new();
+        let mut meta: HashMap<String, (Vec<String>, String, String, i64, String)> = HashMap::new();
         for rec in raw.split(|&b| b == 0).filter(|r| !r.is_empty()) {
             let text = String::from_utf8_lossy(rec);
             let mut parts = text.splitn(6, '\x1f');
@@ -588,7 +624,12 @@ impl GitRepo {
         let simple: Vec<&String> = shas.iter().filter(|s| meta[*s].0.len() <= 1).collect();
         let mut files_of: HashMap<String, Vec<String>> = HashMap::new();
         if !simple.is_empty() {
-            let input = simple.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n") + "\n";
+            let input = simple
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
             let raw = self.git_out(
                 [
                     "diff-tree",
@@ -611,7 +652,9 @@ impl GitRepo {
                     next += 1;
                     continue;
                 }
-                let sha = current.as_ref().expect("diff-tree output starts with a sha");
+                let sha = current
+                    .as_ref()
+                    .expect("diff-tree output starts with a sha");
                 files_of
                     .get_mut(sha)
                     .unwrap()
@@ -656,7 +699,15 @@ impl GitRepo {
     pub fn files_vs_first_parent(&self, sha: &str, parent: Option<&str>) -> Vec<String> {
         let raw = match parent {
             Some(p) => self.git_out(
-                ["diff-tree", "-r", "-z", "--name-only", "--no-renames", p, sha],
+                [
+                    "diff-tree",
+                    "-r",
+                    "-z",
+                    "--name-only",
+                    "--no-renames",
+                    p,
+                    sha,
+                ],
                 None,
             ),
             None => self.git_out(
@@ -842,6 +893,230 @@ impl Drop for GitDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// git over smart HTTP
+// ---------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 server on a free 127.0.0.1 port running `git http-backend` as a
+/// CGI for every request, optionally requiring HTTP basic auth. Stopped on drop.
+pub struct GitHttpServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// `METHOD target -> status` for every request served.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl GitHttpServer {
+    /// Serves the repositories under `root`; with `auth = Some((user, password))`,
+    /// requests without those credentials get 401.
+    pub fn start(root: &Path, auth: Option<(&str, &str)>) -> GitHttpServer {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let expected_auth =
+            auth.map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
+        let root = root.to_path_buf();
+        let thread = {
+            let stop = stop.clone();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let root = root.clone();
+                            let log = log.clone();
+                            let expected_auth = expected_auth.clone();
+                            std::thread::spawn(move || {
+                                let _ = serve_cgi(stream, &root, expected_auth.as_deref(), &log);
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        GitHttpServer {
+            port,
+            stop,
+            thread: Some(thread),
+            log,
+        }
+    }
+
+    /// `http://[userinfo@]127.0.0.1:PORT/<path>`.
+    pub fn url(&self, userinfo: Option<&str>, path: &str) -> String {
+        match userinfo {
+            Some(u) => format!("http://{u}@127.0.0.1:{}/{path}", self.port),
+            None => format!("http://127.0.0.1:{}/{path}", self.port),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for GitHttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One request on `stream`, answered by `git http-backend`; the connection is closed.
+fn serve_cgi(
+    stream: TcpStream,
+    root: &Path,
+    expected_auth: Option<&str>,
+    log: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers: HashMap<String, String> = HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut body = Vec::new();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line)?;
+            let size =
+                usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16).unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(len) = headers.get("content-length") {
+        let mut buf = vec![0; len.parse().unwrap_or(0)];
+        reader.read_exact(&mut buf)?;
+        body = buf;
+    }
+    let mut stream = stream;
+    let authorized = match expected_auth {
+        None => true,
+        Some(want) => headers.get("authorization").map(String::as_str) == Some(want),
+    };
+    if !authorized {
+        log.lock()
+            .unwrap()
+            .push(format!("{method} {target} -> 401"));
+        stream.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return Ok(());
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut cmd = git_command(root);
+    cmd.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env(
+            "CONTENT_TYPE",
+            headers.get("content-type").cloned().unwrap_or_default(),
+        );
+    if let Some(v) = headers.get("content-encoding") {
+        cmd.env("HTTP_CONTENT_ENCODING", v);
+    }
+    if let Some(v) = headers.get("git-protocol") {
+        cmd.env("GIT_PROTOCOL", v);
+    }
+    if expected_auth.is_some() {
+        cmd.env("REMOTE_USER", "tester");
+    }
+    let out = run_checked(cmd, Some(&body));
+    let raw = out.stdout;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+        .unwrap_or((raw.len(), 0));
+    let head = String::from_utf8_lossy(&raw[..split.0]).into_owned();
+    let content = &raw[(split.0 + split.1).min(raw.len())..];
+    let mut status = "200 OK".to_string();
+    let mut response = Vec::new();
+    let mut header_lines = String::new();
+    for line in head.lines() {
+        if let Some(s) = line.strip_prefix("Status:") {
+            status = s.trim().to_string();
+        } else if !line.trim().is_empty() {
+            header_lines.push_str(line.trim_end());
+            header_lines.push_str("\r\n");
+        }
+    }
+    log.lock()
+        .unwrap()
+        .push(format!("{method} {target} -> {status}"));
+    write!(
+        response,
+        "HTTP/1.1 {status}\r\n{header_lines}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    )?;
+    response.extend_from_slice(content);
+    stream.write_all(&response)?;
+    stream.flush()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1120,13 +1395,38 @@ impl RunningPolld {
         self.exited
     }
 
+    /// Polls `cond` until it holds, failing (with this daemon's stderr) after `timeout`
+    /// or as soon as the daemon has exited.
+    #[track_caller]
+    pub fn wait_for(&mut self, timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return;
+            }
+            if !self.is_running() {
+                panic!(
+                    "polld run exited ({:?}) while waiting for {what}\nstderr:\n{}",
+                    self.exited,
+                    self.stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\npolld run's stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default())
-            .into_owned()
+        String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
     }
 }
 
@@ -1164,4 +1464,85 @@ pub fn git_poller(name: &str, repo: &str, extra: &str) -> String {
         toml_str(name),
         toml_str(repo)
     )
+}
+
+#[cfg(test)]
+mod self_tests {
+    //! The harness checked against git alone (no polld needed).
+    use super::*;
+
+    #[test]
+    fn expected_records_match_git() {
+        let pair = RemotePair::with_initial_commit();
+        let w = &pair.work;
+        let a = w.commit("dir/a b.txt", "a\n", "A\n\nbody  \n\n");
+        w.checkout_new("f");
+        let f = w.commit("f.txt", "f\n", "F");
+        w.checkout("main");
+        let m = w.merge_no_ff("f", "Merge f");
+        let e = w.commit_empty("");
+        let bulk = w.fast_import_commits("main", 50);
+        w.push(&["main"]);
+        let repo = pair.repo();
+        let many = w.expected_many("app", &repo, "main", &[a.clone(), m.clone(), e.clone()]);
+        assert_eq!(many[0]["files"], json!(["dir/a b.txt"]));
+        assert_eq!(many[0]["comments"], "A\n\nbody");
+        assert_eq!(many[0]["id"], format!("app:main:{a}"));
+        assert_eq!(many[1]["files"], json!(["f.txt"]));
+        assert_eq!(many[2]["files"], json!([]));
+        assert_eq!(many[2]["comments"], "");
+        let t_a = many[0]["when_timestamp"].as_i64().unwrap();
+        let t_m = many[1]["when_timestamp"].as_i64().unwrap();
+        assert!(t_m > t_a);
+        assert_eq!(
+            many[0]["committer"],
+            format!("{COMMITTER_NAME} <{COMMITTER_EMAIL}>")
+        );
+        // One-by-one and bulk agree.
+        assert_eq!(w.expected("app", &repo, "main", &a), many[0]);
+        let bulk_rec = w.expected_many("app", &repo, "main", &bulk);
+        assert_eq!(bulk_rec.len(), 50);
+        assert_eq!(bulk_rec[7]["files"], json!(["bulk/7.txt"]));
+        assert_eq!(bulk_rec[7]["comments"], "bulk commit 7\n\nnumber 7 of 50");
+        assert_eq!(w.first_parent_range(&a, "main").len(), 52);
+        assert!(!w.first_parent_range(&a, "main").contains(&f));
+        assert_eq!(w.rev_parse("main"), pair.remote.rev_parse("main"));
+    }
+
+    #[test]
+    fn base64_encodes() {
+        assert_eq!(base64(b"alice:s3cr3tpw"), "YWxpY2U6czNjcjN0cHc=");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"abc"), "YWJj");
+    }
+
+    #[test]
+    fn git_http_server_serves_with_auth() {
+        let pair = RemotePair::with_initial_commit();
+        let server = GitHttpServer::start(&pair.dir.path().join("remote"), Some(("alice", "pw")));
+        let out = pair
+            .work
+            .git(&["ls-remote", &server.url(Some("alice:pw"), "app.git")]);
+        assert!(out.contains(&pair.work.head()), "{out}");
+        let clone = pair.dir.path().join("http-clone");
+        let mut cmd = git_command(pair.dir.path());
+        cmd.args(["clone", "-q", &server.url(Some("alice:pw"), "app.git")])
+            .arg(&clone);
+        run_checked(cmd, None);
+        assert_eq!(GitRepo { path: clone }.head(), pair.work.head());
+        let mut cmd = git_command(pair.dir.path());
+        cmd.args(["ls-remote", &server.url(None, "app.git")]);
+        assert!(
+            !cmd.output().unwrap().status.success(),
+            "no credentials, no access"
+        );
+    }
+
+    #[test]
+    fn git_daemon_serves() {
+        let pair = RemotePair::with_initial_commit();
+        let daemon = GitDaemon::start(&pair.dir.path().join("remote"));
+        let out = pair.work.git(&["ls-remote", &daemon.url("app.git")]);
+        assert!(out.contains(&pair.work.head()), "{out}");
+    }
 }

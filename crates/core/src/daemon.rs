@@ -12,7 +12,7 @@ use crate::delivery::Delivery;
 use crate::engine::Engine;
 use crate::scheduler::{PollTarget, Scheduler, SchedulerHandle};
 use crate::sink;
-use crate::store::{Store, StoreError};
+use crate::store::{StateLock, Store, StoreError};
 
 /// How long in-flight polls may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -29,7 +29,7 @@ pub async fn run(
     shutdown: CancellationToken,
     started: impl FnOnce(SchedulerHandle),
 ) -> Result<(), StoreError> {
-    let store = open_store(config).await?;
+    let (_lock, store) = open_store(config).await?;
     let queued = Arc::new(Notify::new());
     let engine = Arc::new(Engine::new(store.clone(), config.pollers.clone(), Arc::clone(&queued))?);
 
@@ -74,7 +74,7 @@ pub struct OnceReport {
 /// Polls the given pollers (all when empty) once each, concurrently within
 /// `max_concurrent_polls`, then delivers everything queued.
 pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, StoreError> {
-    let store = open_store(config).await?;
+    let (_lock, store) = open_store(config).await?;
     let engine = Arc::new(Engine::new(store.clone(), config.pollers.clone(), Arc::new(Notify::new()))?);
     let permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_polls));
     let mut polls = JoinSet::new();
@@ -111,9 +111,10 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Store
     Ok(report)
 }
 
-async fn open_store(config: &Config) -> Result<Store, StoreError> {
+/// Locks the state directory for this process and opens its store.
+async fn open_store(config: &Config) -> Result<(StateLock, Store), StoreError> {
     let state_dir = config.daemon.state_dir.clone();
-    tokio::task::spawn_blocking(move || Store::open(&state_dir))
+    tokio::task::spawn_blocking(move || Ok((StateLock::acquire(&state_dir)?, Store::open(&state_dir)?)))
         .await
         .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
 }

@@ -68,6 +68,16 @@ pub enum StoreError {
         "state database {path} has schema version {found}, newer than this polld understands ({SCHEMA_VERSION}); upgrade polld"
     )]
     TooNew { path: PathBuf, found: i64 },
+    #[error(
+        "state directory {path} is in use by another polld (`run` or `once`); two at once would poll and deliver everything twice"
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot lock state directory {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database task failed: {0}")]
@@ -316,6 +326,38 @@ impl Store {
     }
 }
 
+/// Exclusive use of a state directory, held while it lives. Only one process may poll
+/// and deliver from a store at a time; `status` and `redeliver` need no lock.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock on `<state_dir>/lock`, or fails at once if another process has it.
+    /// The operating system releases it when the process dies, `kill -9` included.
+    pub fn acquire(state_dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join("lock");
+        let lock_error = |source| StoreError::Lock {
+            path: state_dir.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_error)?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+                path: state_dir.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::Error(error)) => Err(lock_error(error)),
+        }
+    }
+}
+
 fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let open_error = |source| StoreError::Open {
         path: path.to_path_buf(),
@@ -433,6 +475,15 @@ mod tests {
         std::fs::write(dir.path().join("state.db"), b"this is not sqlite, not at all, no").unwrap();
         let error = Store::open(dir.path()).err().expect("corrupt store must not open");
         assert!(error.to_string().contains("state.db"), "{error}");
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateLock::acquire(dir.path()).unwrap();
+        assert!(matches!(StateLock::acquire(dir.path()), Err(StoreError::Locked { .. })));
+        drop(held);
+        StateLock::acquire(dir.path()).unwrap();
     }
 
     #[test]

@@ -85,13 +85,11 @@ pub(crate) fn redact(text: &str, repo: &str) -> String {
     let Some(userinfo) = userinfo(repo) else {
         return scrubbed;
     };
-    let mut out = scrubbed.replace(&format!("{userinfo}@"), "");
-    if let Some((_, password)) = userinfo.split_once(':')
-        && !password.is_empty()
-    {
-        out = out.replace(password, "***");
+    let out = scrubbed.replace(&format!("{userinfo}@"), "");
+    match userinfo.split_once(':') {
+        Some((_, password)) if !password.is_empty() => out.replace(password, "***"),
+        _ => out,
     }
-    out
 }
 
 fn userinfo(repo: &str) -> Option<&str> {
@@ -112,10 +110,16 @@ mod tests {
             "cannot reach https://git.example/app.git"
         );
         assert_eq!(
-            redact("cannot reach https://ada:s3cret@git.example:443/app.git", repo),
+            redact(
+                "cannot reach https://ada:s3cret@git.example:443/app.git",
+                repo
+            ),
             "cannot reach https://git.example:443/app.git"
         );
-        assert_eq!(redact("password s3cret rejected", repo), "password *** rejected");
+        assert_eq!(
+            redact("password s3cret rejected", repo),
+            "password *** rejected"
+        );
         assert_eq!(redact("plain /srv/x", "/srv/x"), "plain /srv/x");
     }
 }

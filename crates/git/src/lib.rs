@@ -1,1 +1,203 @@
+//! polld's git backend.
+//!
+//! Each poll first lists the remote's refs in-process (the equivalent of
+//! `git ls-remote`); when the watched refs are where the cursor says, the poll ends
+//! there, without a fetch and without touching the disk. Otherwise only the refs that
+//! moved are fetched into a per-poller bare mirror and walked along first parents.
+//!
+//! libgit2 does all the work (no `git` process is ever started, and libgit2 runs no
+//! hooks). Its process-wide settings are pinned once by [`GitBackend::new`]; see
+//! `pin_libgit2_globals` for why.
+//!
+//! Choices worth knowing when reading a poller's output:
+//!
+//! - The first poll reports nothing but already fetches the watched refs, so that the
+//!   second poll fetches increments and can recognise a force push.
+//! - The cursor is `{"refs": {"refs/heads/main": "<sha>", ...}}`, tags recorded at the
+//!   commit they peel to.
+//! - A moved ref whose previous head the mirror no longer has (mirror lost, then a
+//!   force push), and a new ref when none of the previous heads survives anywhere,
+//!   report only their new tip: never a whole history. (With an empty cursor, e.g. an
+//!   empty repository at the first poll, a new branch reports all its commits.)
+//! - Names, messages and paths that are not UTF-8 are converted lossily (U+FFFD).
 
+mod cursor;
+mod error;
+mod location;
+mod mirror;
+mod poller;
+mod remote;
+mod walk;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+
+use git2::ConfigLevel;
+use polld_core::{Backend, Poller, PollerContext};
+use serde::Deserialize;
+
+use crate::location::{Location, Transport};
+use crate::poller::{GitPoller, Settings};
+use crate::remote::AuthConfig;
+use crate::watch::Watch;
+
+pub use crate::watch::TagSelection;
+
+/// The `poller` and `repo` fields of this crate's log lines (the repo without
+/// credentials): never a secret.
+pub(crate) struct LogContext<'a> {
+    pub(crate) poller: &'a str,
+    pub(crate) repo: &'a str,
+}
+
+/// The git backend; register it with `registry.register(GitBackend::new())`.
+#[derive(Debug, Clone, Copy)]
+pub struct GitBackend {
+    _pinned: (),
+}
+
+impl GitBackend {
+    pub fn new() -> GitBackend {
+        pin_libgit2_globals();
+        GitBackend { _pinned: () }
+    }
+}
+
+impl Default for GitBackend {
+    fn default() -> Self {
+        GitBackend::new()
+    }
+}
+
+/// A git poller's own keys (the core has already taken the common ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// Globs on short branch names; `"*"` is every branch. Absent: the branch the
+    /// remote's HEAD points at, followed if the remote changes its HEAD.
+    #[serde(default)]
+    pub branches: Option<Vec<String>>,
+    /// `true` for every tag, or globs on short tag names.
+    #[serde(default)]
+    pub tags: TagSelection,
+    /// A watched ref that moves or appears without new commits still emits one change
+    /// for its new tip.
+    #[serde(default)]
+    pub build_pushes_with_no_commits: bool,
+    /// Private key for ssh repos, relative to the config file's directory.
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// Login for http(s) basic auth (or ssh, when the address names none).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The environment variable holding the password, read at every poll.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl Backend for GitBackend {
+    const TYPE: &'static str = "git";
+    type Config = GitConfig;
+
+    fn build(&self, context: PollerContext, config: GitConfig) -> Result<Arc<dyn Poller>, String> {
+        // A `GitBackend` built by `Default`/`new` has pinned them already; this is cheap.
+        pin_libgit2_globals();
+        let scrub = |message: String| error::redact(&message, &context.repo);
+        let location = Location::parse(&context.repo, &context.config_dir).map_err(scrub)?;
+        let watch = Watch::new(config.branches.as_deref(), &config.tags)?;
+        let auth = auth_config(&config, &location, &context)?;
+        Ok(Arc::new(GitPoller::new(Settings {
+            name: context.name,
+            repo: context.repo,
+            location,
+            watch,
+            build_pushes_with_no_commits: config.build_pushes_with_no_commits,
+            auth,
+            mirror_dir: context.mirror_dir,
+        })))
+    }
+}
+
+/// Refuses credential keys that cannot apply to the repo, so a typo in `repo` is not
+/// silently accepted with credentials that are then never used.
+fn auth_config(
+    config: &GitConfig,
+    location: &Location,
+    context: &PollerContext,
+) -> Result<AuthConfig, String> {
+    let has_credentials =
+        config.ssh_key_file.is_some() || config.username.is_some() || config.password_env.is_some();
+    if has_credentials && !location.transport.authenticates() {
+        return Err(
+            "ssh_key_file, username and password_env apply only to ssh and http(s) repos".into(),
+        );
+    }
+    if config.ssh_key_file.is_some() && location.transport != Transport::Ssh {
+        return Err("ssh_key_file applies only to ssh repos".into());
+    }
+    if config.username.as_deref() == Some("") {
+        return Err("username is empty".into());
+    }
+    match config.password_env.as_deref() {
+        Some("") => return Err("password_env is empty: it names an environment variable".into()),
+        Some(_)
+            if location.transport == Transport::Http
+                && config.username.is_none()
+                && location.url_username.is_none() =>
+        {
+            return Err(
+                "password_env needs a username (the username key or user@ in the URL)".into(),
+            );
+        }
+        _ => {}
+    }
+    Ok(AuthConfig {
+        ssh_key_file: config
+            .ssh_key_file
+            .as_ref()
+            .map(|path| context.config_dir.join(path)),
+        username: config.username.clone(),
+        password_env: config.password_env.clone(),
+    })
+}
+
+/// Pins libgit2's process-wide settings, once per process.
+///
+/// - The global, XDG, system and ProgramData config search paths are emptied, so the
+///   daemon user's `~/.gitconfig` or `/etc/gitconfig` (`url.<x>.insteadOf`,
+///   `fetch.prune`, `http.sslVerify`, ...) cannot change what a poll fetches or
+///   trusts. `~/.ssh/known_hosts` is still used for host keys.
+/// - Connecting times out after 30 s and a silent server after 60 s, so a remote that
+///   accepts and never answers fails the poll instead of hanging it forever.
+///
+/// These are libgit2 globals; they are set before any poll runs (the binary registers
+/// the backend at start-up) and never changed afterwards.
+fn pin_libgit2_globals() {
+    static PIN: Once = Once::new();
+    PIN.call_once(|| {
+        for level in [
+            ConfigLevel::System,
+            ConfigLevel::XDG,
+            ConfigLevel::Global,
+            ConfigLevel::ProgramData,
+        ] {
+            // SAFETY: guarded by `Once`, and done before any poll uses libgit2.
+            if let Err(error) = unsafe { git2::opts::set_search_path(level, "") } {
+                tracing::warn!(
+                    ?level,
+                    error = error.message(),
+                    "cannot reset a git config search path"
+                );
+            }
+        }
+        // SAFETY: as above.
+        let timeouts = unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(30_000)
+                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(60_000))
+        };
+        if let Err(error) = timeouts {
+            tracing::warn!(error = error.message(), "cannot set git network timeouts");
+        }
+    });
+}

@@ -9,8 +9,8 @@ use std::fmt;
 
 use git2::Oid;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 pub(crate) const HEADS: &str = "refs/heads/";
 pub(crate) const TAGS: &str = "refs/tags/";
@@ -159,7 +159,9 @@ impl Watch {
                 Some(filter) => filter.matches(short),
             }
         } else if let Some(short) = name.strip_prefix(TAGS) {
-            self.tags.as_ref().is_some_and(|filter| filter.matches(short))
+            self.tags
+                .as_ref()
+                .is_some_and(|filter| filter.matches(short))
         } else {
             false
         }
@@ -171,7 +173,10 @@ mod tests {
     use super::*;
 
     fn advertised(names: &[&str]) -> BTreeMap<String, Oid> {
-        names.iter().map(|n| (n.to_string(), Oid::zero())).collect()
+        names
+            .iter()
+            .map(|n| (n.to_string(), Oid::ZERO_SHA1))
+            .collect()
     }
 
     fn selected(watch: &Watch, head: Option<&str>) -> Vec<String> {
