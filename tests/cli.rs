@@ -64,7 +64,8 @@ fn config_errors_name_file_line_and_column() {
         )
     };
     // (what, config text, needle locating the expected line(s), nth occurrence)
-    let cases: Vec<(&str, String, Vec<(&str, usize)>)> = vec![
+    type Case<'a> = (&'a str, String, Vec<(&'a str, usize)>);
+    let cases: Vec<Case> = vec![
         (
             "malformed TOML",
             "[daemon]\nstate_dir = \"state\"\n\n[[poller]\nname = \"app\"\n".to_string(),
@@ -460,10 +461,8 @@ fn credentials_in_a_repo_url_never_show() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(8).any(|w| w == b"s3cr3tpw") {
-                    leaks.push(path.display().to_string());
-                }
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(8).any(|w| w == b"s3cr3tpw")) {
+                leaks.push(path.display().to_string());
             }
         }
     }
@@ -654,5 +653,20 @@ fn defaults_state_dir_and_integer_durations() {
     assert!(
         polld.path(".polld").is_dir(),
         "the default state_dir is .polld beside the config"
+    );
+}
+
+#[test]
+fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let (_a, _b, polld) = good_config();
+    let mut cmd = polld.command();
+    cmd.env("POLLD_LOG", "debug").arg("once");
+    let out = run_bounded(cmd);
+    out.expect_code(0);
+    assert!(!out.stderr.trim().is_empty(), "debug logs were written");
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "ANSI escape codes in logs written to a pipe\n{}",
+        out.describe()
     );
 }

@@ -78,10 +78,10 @@ fn target_dir() -> PathBuf {
     }
     if let Ok(exe) = std::env::current_exe() {
         // <target>/debug/deps/<test-binary>
-        if let Some(target) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            if exe.parent().and_then(Path::file_name) == Some(OsStr::new("deps")) {
-                return target.to_path_buf();
-            }
+        if let Some(target) = exe.parent().and_then(Path::parent).and_then(Path::parent)
+            && exe.parent().and_then(Path::file_name) == Some(OsStr::new("deps"))
+        {
+            return target.to_path_buf();
         }
     }
     workspace_root().join("target")
@@ -510,6 +510,12 @@ impl GitRepo {
     /// `git fast-import`: one file per commit, `bulk/<i>.txt`. Returns the new shas,
     /// oldest first. A work tree checked out on `branch` is reset to the new tip.
     pub fn fast_import_commits(&self, branch: &str, n: usize) -> Vec<String> {
+        self.fast_import_commits_padded(branch, n, 0)
+    }
+
+    /// [`GitRepo::fast_import_commits`] with `pad` extra bytes of message body per commit
+    /// (for large change records).
+    pub fn fast_import_commits_padded(&self, branch: &str, n: usize, pad: usize) -> Vec<String> {
         let refname = format!("refs/heads/{branch}");
         let old = self
             .git_out(
@@ -522,7 +528,12 @@ impl GitRepo {
         let mut stream = Vec::with_capacity(n * 200);
         for i in 0..n {
             let t = t0 + i as i64;
-            let msg = format!("bulk commit {i}\n\nnumber {i} of {n}\n");
+            let mut msg = format!("bulk commit {i}\n\nnumber {i} of {n}\n");
+            if pad > 0 {
+                msg.push('\n');
+                msg.extend(std::iter::repeat_n('x', pad));
+                msg.push('\n');
+            }
             let content = format!("{i}\n");
             writeln!(stream, "commit {refname}").unwrap();
             writeln!(stream, "mark :{}", i + 1).unwrap();
@@ -777,7 +788,7 @@ pub fn assert_changes(actual: &[Value], expected: &[Value]) {
     let norm = |v: &Value| {
         let mut v = v.clone();
         if let Some(files) = v.get_mut("files").and_then(Value::as_array_mut) {
-            files.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+            files.sort_by_key(|f| f.to_string());
         }
         v
     };

@@ -89,8 +89,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Checks what serde cannot and builds the poller. The error is a plain message;
     /// the core adds the file, line and column.
-    fn build(&self, context: PollerContext, config: Self::Config)
-    -> Result<Arc<dyn Poller>, String>;
+    fn build(
+        &self,
+        context: PollerContext,
+        config: Self::Config,
+    ) -> Result<Arc<dyn Poller>, String>;
 }
 
 /// A backend with its config type erased, so the registry can hold any of them.

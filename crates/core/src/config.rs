@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use serde_json::{Map, Value};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -173,7 +173,12 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
             let span = value.span();
             match value.into_inner() {
                 DeValue::Array(array) => array.into_iter().collect(),
-                _ => return Err(at(Some(span), "`poller` must be an array of tables: write [[poller]]")),
+                _ => {
+                    return Err(at(
+                        Some(span),
+                        "`poller` must be an array of tables: write [[poller]]",
+                    ));
+                }
             }
         }
     };
@@ -181,11 +186,15 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
     let mut names = HashSet::new();
     let mut pollers = Vec::with_capacity(tables.len());
     for table in tables {
-        let (poller, name_span) = build_poller(table, &defaults, &daemon, &config_dir, registry, &at)?;
+        let (poller, name_span) =
+            build_poller(table, &defaults, &daemon, &config_dir, registry, &at)?;
         if !names.insert(poller.name.clone()) {
             return Err(at(
                 Some(name_span),
-                &format!("duplicate poller name `{}`: names identify cursors and must be unique", poller.name),
+                &format!(
+                    "duplicate poller name `{}`: names identify cursors and must be unique",
+                    poller.name
+                ),
             ));
         }
         pollers.push(poller);
@@ -225,7 +234,10 @@ impl DaemonKeys {
     ) -> Result<DaemonConfig, ConfigError> {
         let max_concurrent_polls = match self.max_concurrent_polls {
             Some(n) if *n.get_ref() == 0 => {
-                return Err(at(Some(n.span()), "max_concurrent_polls must be at least 1"));
+                return Err(at(
+                    Some(n.span()),
+                    "max_concurrent_polls must be at least 1",
+                ));
             }
             Some(n) => n.into_inner(),
             None => 32,
@@ -234,7 +246,10 @@ impl DaemonKeys {
             Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
                 at(
                     Some(listen.span()),
-                    &format!("listen must be an IP address and port, like \"127.0.0.1:9150\", not {:?}", listen.get_ref()),
+                    &format!(
+                        "listen must be an IP address and port, like \"127.0.0.1:9150\", not {:?}",
+                        listen.get_ref()
+                    ),
                 )
             })?),
             None => None,
@@ -279,8 +294,18 @@ struct CommonPollerKeys {
 
 /// The key names of [`CommonPollerKeys`]; everything else belongs to the backend.
 const COMMON_POLLER_KEYS: &[&str] = &[
-    "name", "type", "repo", "interval", "jitter", "jitter_min", "at_launch", "project",
-    "category", "codebase", "revlink", "properties",
+    "name",
+    "type",
+    "repo",
+    "interval",
+    "jitter",
+    "jitter_min",
+    "at_launch",
+    "project",
+    "category",
+    "codebase",
+    "revlink",
+    "properties",
 ];
 
 fn build_poller(
@@ -329,7 +354,10 @@ fn build_poller(
     let Some((vcs, backend)) = registry.get(type_name) else {
         return Err(at(
             Some(common.vcs.span()),
-            &format!("unknown poller type `{type_name}`; known: {}", registry.types().join(", ")),
+            &format!(
+                "unknown poller type `{type_name}`; known: {}",
+                registry.types().join(", ")
+            ),
         ));
     };
     let context = PollerContext {
@@ -339,10 +367,16 @@ fn build_poller(
         mirror_dir: daemon.state_dir.join("mirrors").join(name),
     };
     let poller = backend
-        .build(context, ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(own))))
+        .build(
+            context,
+            ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(own))),
+        )
         .map_err(|error| match error {
             BuildError::Keys(e) => at(e.span().or(Some(span.clone())), e.message()),
-            BuildError::Invalid(message) => at(Some(common.vcs.span()), &format!("poller `{name}`: {message}")),
+            BuildError::Invalid(message) => at(
+                Some(common.vcs.span()),
+                &format!("poller `{name}`: {message}"),
+            ),
         })?;
 
     let poller = PollerConfig {
@@ -366,28 +400,42 @@ fn resolve_timing(
     at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
 ) -> Result<Timing, ConfigError> {
     let pick = |own: &Option<Spanned<HumanDuration>>, default: &Option<Spanned<HumanDuration>>| {
-        own.as_ref().or(default.as_ref()).map(|d| (d.get_ref().0, Some(d.span())))
+        own.as_ref()
+            .or(default.as_ref())
+            .map(|d| (d.get_ref().0, Some(d.span())))
     };
     let (interval, interval_span) =
         pick(&keys.interval, &defaults.interval).unwrap_or((Duration::from_secs(600), None));
-    let (jitter, jitter_span) = pick(&keys.jitter, &defaults.jitter).unwrap_or((Duration::ZERO, None));
+    let (jitter, jitter_span) =
+        pick(&keys.jitter, &defaults.jitter).unwrap_or((Duration::ZERO, None));
     let (jitter_min, jitter_min_span) =
         pick(&keys.jitter_min, &defaults.jitter_min).unwrap_or((Duration::ZERO, None));
     let name = keys.name.get_ref();
     let show = |d: Duration| humantime::format_duration(d).to_string();
     if interval.is_zero() {
-        return Err(at(interval_span, &format!("poller `{name}`: interval must be greater than zero")));
+        return Err(at(
+            interval_span,
+            &format!("poller `{name}`: interval must be greater than zero"),
+        ));
     }
     if jitter >= interval {
         return Err(at(
             jitter_span,
-            &format!("poller `{name}`: jitter ({}) must be less than interval ({})", show(jitter), show(interval)),
+            &format!(
+                "poller `{name}`: jitter ({}) must be less than interval ({})",
+                show(jitter),
+                show(interval)
+            ),
         ));
     }
     if jitter_min > jitter {
         return Err(at(
             jitter_min_span,
-            &format!("poller `{name}`: jitter_min ({}) must not exceed jitter ({})", show(jitter_min), show(jitter)),
+            &format!(
+                "poller `{name}`: jitter_min ({}) must not exceed jitter ({})",
+                show(jitter_min),
+                show(jitter)
+            ),
         ));
     }
     Ok(Timing {
@@ -495,7 +543,10 @@ mod tests {
             Ok(_) => panic!("config should be rejected:\n{text}"),
             Err(error) => {
                 let shown = error.to_string();
-                shown.strip_prefix("/etc/polld/pollers.toml:").unwrap_or(&shown).to_owned()
+                shown
+                    .strip_prefix("/etc/polld/pollers.toml:")
+                    .unwrap_or(&shown)
+                    .to_owned()
             }
         }
     }
@@ -530,7 +581,12 @@ properties = { team = "core", n = 3 }
         .unwrap();
         assert_eq!(config.daemon.state_dir, PathBuf::from("/etc/polld/state"));
         assert_eq!(config.daemon.max_concurrent_polls, 32);
-        assert_eq!(config.sink, SinkConfig::Jsonl { path: "/etc/polld/out/changes.jsonl".into() });
+        assert_eq!(
+            config.sink,
+            SinkConfig::Jsonl {
+                path: "/etc/polld/out/changes.jsonl".into()
+            }
+        );
         let (a, b) = (&config.pollers[0], &config.pollers[1]);
         assert_eq!(a.timing.interval, Duration::from_secs(60));
         assert_eq!(a.timing.jitter, Duration::from_secs(5));
@@ -556,33 +612,96 @@ properties = { team = "core", n = 3 }
         let cases: Vec<(String, &str)> = vec![
             ("x = [1,\n".into(), "1:8: unclosed array"),
             ("[deamon]\n".into(), "1:2: unknown field `deamon`"),
-            ("[daemon]\nmax_concurrent_polls = 0\n".into(), "2:24: max_concurrent_polls"),
-            ("[daemon]\nlisten = \"nope\"\n".into(), "2:10: listen must be"),
-            ("[sink]\ntype = \"carrier-pigeon\"\n".into(), "unknown variant `carrier-pigeon`"),
-            (format!("{poller}intervall = \"1m\"\n"), "5:1: unknown field `intervall`"),
-            (format!("{poller}branches = [\"\"]\n"), "3:8: poller `a`: empty branch name"),
-            (format!("{poller}{poller}"), "6:8: duplicate poller name `a`"),
-            (format!("{poller}interval = \"1m\"\njitter = \"1m\"\n"), "6:10: poller `a`: jitter (1m) must be less than interval (1m)"),
-            (format!("[defaults]\njitter = \"20m\"\n{poller}"), "2:10: poller `a`: jitter (20m)"),
-            (format!("{poller}interval = 0\n"), "5:12: poller `a`: interval must be greater than zero"),
-            (format!("{poller}interval = -5\n"), "5:12: a duration cannot be negative"),
-            (format!("{poller}interval = \"soon\"\n"), "5:12: invalid duration \"soon\""),
-            (format!("{poller}jitter = \"1s\"\njitter_min = \"2s\"\n"), "6:14: poller `a`: jitter_min (2s) must not exceed jitter (1s)"),
-            ("[[poller]]\nname = \"a/b\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(), "2:8: invalid poller name \"a/b\""),
-            ("[[poller]]\nname = \"..\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(), "2:8: invalid poller name"),
-            ("[[poller]]\nname = \"a b\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(), "2:8: invalid poller name"),
-            ("[[poller]]\nname = \"a\"\ntype = \"cvs\"\nrepo = \"/r\"\n".into(), "3:8: unknown poller type `cvs`; known: dummy"),
-            ("[[poller]]\nname = \"a\"\ntype = \"dummy\"\nrepo = \"-oProxyCommand=x\"\n".into(), "4:8: repo must not start with `-`"),
-            ("[[poller]]\nname = \"a\"\ntype = \"dummy\"\n".into(), "1:1: missing field `repo`"),
-            ("poller = 3\n".into(), "1:10: `poller` must be an array of tables"),
+            (
+                "[daemon]\nmax_concurrent_polls = 0\n".into(),
+                "2:24: max_concurrent_polls",
+            ),
+            (
+                "[daemon]\nlisten = \"nope\"\n".into(),
+                "2:10: listen must be",
+            ),
+            (
+                "[sink]\ntype = \"carrier-pigeon\"\n".into(),
+                "unknown variant `carrier-pigeon`",
+            ),
+            (
+                format!("{poller}intervall = \"1m\"\n"),
+                "5:1: unknown field `intervall`",
+            ),
+            (
+                format!("{poller}branches = [\"\"]\n"),
+                "3:8: poller `a`: empty branch name",
+            ),
+            (
+                format!("{poller}{poller}"),
+                "6:8: duplicate poller name `a`",
+            ),
+            (
+                format!("{poller}interval = \"1m\"\njitter = \"1m\"\n"),
+                "6:10: poller `a`: jitter (1m) must be less than interval (1m)",
+            ),
+            (
+                format!("[defaults]\njitter = \"20m\"\n{poller}"),
+                "2:10: poller `a`: jitter (20m)",
+            ),
+            (
+                format!("{poller}interval = 0\n"),
+                "5:12: poller `a`: interval must be greater than zero",
+            ),
+            (
+                format!("{poller}interval = -5\n"),
+                "5:12: a duration cannot be negative",
+            ),
+            (
+                format!("{poller}interval = \"soon\"\n"),
+                "5:12: invalid duration \"soon\"",
+            ),
+            (
+                format!("{poller}jitter = \"1s\"\njitter_min = \"2s\"\n"),
+                "6:14: poller `a`: jitter_min (2s) must not exceed jitter (1s)",
+            ),
+            (
+                "[[poller]]\nname = \"a/b\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(),
+                "2:8: invalid poller name \"a/b\"",
+            ),
+            (
+                "[[poller]]\nname = \"..\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(),
+                "2:8: invalid poller name",
+            ),
+            (
+                "[[poller]]\nname = \"a b\"\ntype = \"dummy\"\nrepo = \"/r\"\n".into(),
+                "2:8: invalid poller name",
+            ),
+            (
+                "[[poller]]\nname = \"a\"\ntype = \"cvs\"\nrepo = \"/r\"\n".into(),
+                "3:8: unknown poller type `cvs`; known: dummy",
+            ),
+            (
+                "[[poller]]\nname = \"a\"\ntype = \"dummy\"\nrepo = \"-oProxyCommand=x\"\n".into(),
+                "4:8: repo must not start with `-`",
+            ),
+            (
+                "[[poller]]\nname = \"a\"\ntype = \"dummy\"\n".into(),
+                "1:1: missing field `repo`",
+            ),
+            (
+                "poller = 3\n".into(),
+                "1:10: `poller` must be an array of tables",
+            ),
         ];
         let mut wrong = Vec::new();
         for (text, expected) in cases {
             let error = error_at(&text);
-            let has_position = error.split(':').take(2).all(|n| n.trim().parse::<usize>().is_ok());
-            let matches = error.starts_with(expected) || (!expected.contains(':') && error.contains(expected));
+            let has_position = error
+                .split(':')
+                .take(2)
+                .all(|n| n.trim().parse::<usize>().is_ok());
+            let matches = error.starts_with(expected)
+                || (!expected.contains(':') && error.contains(expected));
             if !(matches && has_position) {
-                wrong.push(format!("config:\n{text}expected `{expected}`, got `{error}`"));
+                wrong.push(format!(
+                    "config:\n{text}expected `{expected}`, got `{error}`"
+                ));
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
@@ -590,8 +709,13 @@ properties = { team = "core", n = 3 }
 
     #[test]
     fn a_missing_file_is_named() {
-        let error = load(Path::new("/nonexistent/pollers.toml"), &Registry::new()).err().unwrap();
-        assert!(error.to_string().starts_with("/nonexistent/pollers.toml: "), "{error}");
+        let error = load(Path::new("/nonexistent/pollers.toml"), &Registry::new())
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().starts_with("/nonexistent/pollers.toml: "),
+            "{error}"
+        );
     }
 
     #[test]

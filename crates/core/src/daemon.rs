@@ -31,13 +31,21 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let (_lock, store) = open_store(config).await?;
     let queued = Arc::new(Notify::new());
-    let engine = Arc::new(Engine::new(store.clone(), config.pollers.clone(), Arc::clone(&queued))?);
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        config.pollers.clone(),
+        Arc::clone(&queued),
+    )?);
 
     let stop_delivery = CancellationToken::new();
     let delivery = tokio::spawn(
-        Delivery::new(store.clone(), sink::open(&config.sink)).run(Arc::clone(&queued), stop_delivery.clone()),
+        Delivery::new(store.clone(), sink::open(&config.sink))
+            .run(Arc::clone(&queued), stop_delivery.clone()),
     );
-    let status_saver = tokio::spawn(save_status_periodically(Arc::clone(&engine), shutdown.clone()));
+    let status_saver = tokio::spawn(save_status_periodically(
+        Arc::clone(&engine),
+        shutdown.clone(),
+    ));
 
     let scheduler = Scheduler::new(
         config.pollers.iter().map(|p| (p.name.clone(), p.timing)),
@@ -75,14 +83,22 @@ pub struct OnceReport {
 /// `max_concurrent_polls`, then delivers everything queued.
 pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, StoreError> {
     let (_lock, store) = open_store(config).await?;
-    let engine = Arc::new(Engine::new(store.clone(), config.pollers.clone(), Arc::new(Notify::new()))?);
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        config.pollers.clone(),
+        Arc::new(Notify::new()),
+    )?);
     let permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_polls));
     let mut polls = JoinSet::new();
     for poller in &config.pollers {
         if !names.is_empty() && !names.contains(&poller.name) {
             continue;
         }
-        let (engine, permits, name) = (Arc::clone(&engine), Arc::clone(&permits), poller.name.clone());
+        let (engine, permits, name) = (
+            Arc::clone(&engine),
+            Arc::clone(&permits),
+            poller.name.clone(),
+        );
         polls.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let result = engine.poll(&name).await;
@@ -114,9 +130,11 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Store
 /// Locks the state directory for this process and opens its store.
 async fn open_store(config: &Config) -> Result<(StateLock, Store), StoreError> {
     let state_dir = config.daemon.state_dir.clone();
-    tokio::task::spawn_blocking(move || Ok((StateLock::acquire(&state_dir)?, Store::open(&state_dir)?)))
-        .await
-        .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
+    tokio::task::spawn_blocking(move || {
+        Ok((StateLock::acquire(&state_dir)?, Store::open(&state_dir)?))
+    })
+    .await
+    .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
 }
 
 async fn save_status_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {

@@ -34,7 +34,10 @@ enum Attempt {
     Empty,
     /// `delivered` changes were acknowledged; then the sink may have refused one, which
     /// is now a dead letter.
-    Progress { delivered: usize, refused: Option<String> },
+    Progress {
+        delivered: usize,
+        refused: Option<String>,
+    },
 }
 
 pub struct Delivery {
@@ -77,7 +80,8 @@ impl Delivery {
                     tracing::error!(%error, "cannot read the outbox");
                 }
             }
-            let wait = backoff::uniform(Duration::ZERO, RETRY_BASE) + backoff::exponential(failures, RETRY_BASE, RETRY_CAP);
+            let wait = backoff::uniform(Duration::ZERO, RETRY_BASE)
+                + backoff::exponential(failures, RETRY_BASE, RETRY_CAP);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return,
@@ -125,7 +129,10 @@ impl Delivery {
         let seqs: Vec<i64> = batch[..acknowledged].iter().map(|q| q.seq).collect();
         let store = self.store.clone();
         blocking(move || store.acknowledge(&seqs)).await?;
-        let delivered = Attempt::Progress { delivered: acknowledged, refused: None };
+        let delivered = Attempt::Progress {
+            delivered: acknowledged,
+            refused: None,
+        };
         let Err(SinkFailure { error, .. }) = result else {
             return Ok(delivered);
         };
@@ -139,7 +146,10 @@ impl Delivery {
                 tracing::error!(%poller, revision = %failed.change.revision, %reason, "sink refused a change; moved to the dead letters (see `polld redeliver`)");
                 let message = reason.clone();
                 blocking(move || store.dead_letter(seq, &message)).await?;
-                Ok(Attempt::Progress { delivered: acknowledged, refused: Some(reason) })
+                Ok(Attempt::Progress {
+                    delivered: acknowledged,
+                    refused: Some(reason),
+                })
             }
             SinkError::Unavailable(reason) => {
                 let message = reason.clone();

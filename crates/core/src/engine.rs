@@ -28,7 +28,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, pollers: Vec<PollerConfig>, delivery: Arc<Notify>) -> Result<Self, crate::store::StoreError> {
+    pub fn new(
+        store: Store,
+        pollers: Vec<PollerConfig>,
+        delivery: Arc<Notify>,
+    ) -> Result<Self, crate::store::StoreError> {
         let cursors = store.cursors()?;
         Ok(Engine {
             store,
@@ -42,7 +46,10 @@ impl Engine {
     /// Polls one poller and, if it found anything, moves its cursor and queues the
     /// changes in one transaction. Returns how many changes were queued.
     pub async fn poll(&self, name: &str) -> Result<usize, String> {
-        let poller = self.pollers.get(name).ok_or_else(|| format!("no poller named `{name}`"))?;
+        let poller = self
+            .pollers
+            .get(name)
+            .ok_or_else(|| format!("no poller named `{name}`"))?;
         let span = tracing::info_span!("poll", poller = %name, repo = %poller.display_repo());
         let result = self.poll_and_store(poller).instrument(span).await;
         let record = PollRecord {
@@ -50,7 +57,10 @@ impl Engine {
             at: unix_now(),
             error: result.as_ref().err().cloned(),
         };
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), record);
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), record);
         result
     }
 
@@ -63,11 +73,18 @@ impl Engine {
             .await
             .map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?;
         let PollOutcome::Advanced { cursor, changes } = outcome else {
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "no change");
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "no change"
+            );
             return Ok(0);
         };
-        let changes: Vec<Change> = changes.into_iter().map(|c| make_change(poller, c)).collect();
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .map(|c| make_change(poller, c))
+            .collect();
         let count = changes.len();
+        let first_poll = self.cursor(&poller.name).is_none();
         let store = self.store.clone();
         let name = poller.name.clone();
         let stored = cursor.clone();
@@ -82,12 +99,24 @@ impl Engine {
         if count > 0 {
             self.delivery.notify_one();
         }
-        tracing::info!(changes = count, elapsed_ms = started.elapsed().as_millis() as u64, "poll found changes");
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if first_poll {
+            tracing::info!(
+                elapsed_ms,
+                "first poll: recorded where the remote is; later commits will be reported"
+            );
+        } else {
+            tracing::info!(changes = count, elapsed_ms, "remote moved");
+        }
         Ok(count)
     }
 
     fn cursor(&self, name: &str) -> Option<Cursor> {
-        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// The poll outcomes since the last call, for saving in one transaction.
@@ -127,10 +156,11 @@ fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
     } else {
         format!("{}:{}:{}:{}", poller.name, project, branch, found.revision)
     };
-    let revlink = poller
-        .revlink
-        .as_ref()
-        .map(|template| template.replace("{revision}", &found.revision).replace("{branch}", branch));
+    let revlink = poller.revlink.as_ref().map(|template| {
+        template
+            .replace("{revision}", &found.revision)
+            .replace("{branch}", branch)
+    });
     Change {
         id,
         poller: poller.name.clone(),

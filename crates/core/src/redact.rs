@@ -46,7 +46,10 @@ mod tests {
             "https://git.example/app.git"
         );
         assert_eq!(strip_userinfo("https://tok@host/a@b"), "https://host/a@b");
-        assert_eq!(strip_userinfo("git@github.com:a/b.git"), "git@github.com:a/b.git");
+        assert_eq!(
+            strip_userinfo("git@github.com:a/b.git"),
+            "git@github.com:a/b.git"
+        );
         assert_eq!(strip_userinfo("/srv/repo"), "/srv/repo");
         assert!(has_userinfo("svn://u:p@host/repo"));
     }

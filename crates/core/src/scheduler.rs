@@ -92,13 +92,20 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for the named pollers, starting now.
-    pub fn new(pollers: impl IntoIterator<Item = (String, Timing)>, max_concurrent_polls: usize) -> Self {
+    pub fn new(
+        pollers: impl IntoIterator<Item = (String, Timing)>,
+        max_concurrent_polls: usize,
+    ) -> Self {
         let start = Instant::now();
         let mut timers = DelayQueue::new();
         let mut slots = Vec::new();
         let mut names = HashMap::new();
         for (index, (name, timing)) in pollers.into_iter().enumerate() {
-            let first_slot = if timing.at_launch { start } else { start + timing.interval };
+            let first_slot = if timing.at_launch {
+                start
+            } else {
+                start + timing.interval
+            };
             let next_due = first_slot + jitter(&timing);
             let timer = Some(timers.insert_at(index, next_due));
             names.insert(name.clone(), index);
@@ -135,7 +142,12 @@ impl Scheduler {
 
     /// Schedules polls until `shutdown` is cancelled, then waits up to `grace` for the
     /// polls in flight to finish and abandons the rest.
-    pub async fn run(mut self, target: Arc<dyn PollTarget>, shutdown: CancellationToken, grace: Duration) {
+    pub async fn run(
+        mut self,
+        target: Arc<dyn PollTarget>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
         loop {
             tokio::select! {
                 biased;
@@ -149,9 +161,14 @@ impl Scheduler {
                 }
             }
         }
-        let drained = tokio::time::timeout(grace, async { while self.polls.join_next().await.is_some() {} });
+        let drained = tokio::time::timeout(grace, async {
+            while self.polls.join_next().await.is_some() {}
+        });
         if drained.await.is_err() {
-            tracing::warn!(abandoned = self.polls.len(), "polls still running after the grace period; abandoning them");
+            tracing::warn!(
+                abandoned = self.polls.len(),
+                "polls still running after the grace period; abandoning them"
+            );
             self.polls.abort_all();
         }
     }
@@ -208,7 +225,8 @@ impl Scheduler {
             }
             Err(cause) => {
                 slot.failures += 1;
-                let retry_in = backoff::exponential(slot.failures, RETRY_BASE, slot.timing.interval);
+                let retry_in =
+                    backoff::exponential(slot.failures, RETRY_BASE, slot.timing.interval);
                 if slot.failures == 1 {
                     tracing::warn!(poller = %slot.name, error = %cause, retry_in = %humantime::format_duration(retry_in), "poll failed; retrying with backoff until it succeeds");
                 } else {
@@ -263,14 +281,21 @@ mod tests {
         /// Start times of `name`'s polls, in whole milliseconds since the start.
         fn times(&self, name: &str) -> Vec<u128> {
             let starts = self.starts.lock().unwrap();
-            starts.iter().filter(|(n, _)| n == name).map(|(_, at)| at.as_millis()).collect()
+            starts
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, at)| at.as_millis())
+                .collect()
         }
     }
 
     #[async_trait]
     impl PollTarget for Recorder {
         async fn poll(&self, poller: &str) -> Result<(), String> {
-            self.starts.lock().unwrap().push((poller.to_owned(), self.start.elapsed()));
+            self.starts
+                .lock()
+                .unwrap()
+                .push((poller.to_owned(), self.start.elapsed()));
             {
                 let mut running = self.running.lock().unwrap();
                 *running += 1;
@@ -279,7 +304,11 @@ mod tests {
             }
             tokio::time::sleep(self.duration).await;
             *self.running.lock().unwrap() -= 1;
-            if *self.failing.lock().unwrap() { Err("remote hung up".into()) } else { Ok(()) }
+            if *self.failing.lock().unwrap() {
+                Err("remote hung up".into())
+            } else {
+                Ok(())
+            }
         }
     }
 
@@ -300,7 +329,10 @@ mod tests {
         max_concurrent: usize,
         during: impl FnOnce(SchedulerHandle) -> tokio::task::JoinHandle<()>,
     ) {
-        let scheduler = Scheduler::new(pollers.into_iter().map(|(n, t)| (n.to_owned(), t)), max_concurrent);
+        let scheduler = Scheduler::new(
+            pollers.into_iter().map(|(n, t)| (n.to_owned(), t)),
+            max_concurrent,
+        );
         let shutdown = CancellationToken::new();
         let helper = during(scheduler.handle());
         let target: Arc<dyn PollTarget> = recorder.clone();
@@ -309,7 +341,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             stop.cancel();
         });
-        scheduler.run(target, shutdown, Duration::from_secs(60)).await;
+        scheduler
+            .run(target, shutdown, Duration::from_secs(60))
+            .await;
         helper.abort();
     }
 
@@ -319,16 +353,30 @@ mod tests {
 
     /// Millisecond timestamps may lag by the timer wheel's 1 ms resolution.
     fn assert_near(actual: &[u128], expected: &[u128]) {
-        assert_eq!(actual.len(), expected.len(), "polls at {actual:?}, expected {expected:?}");
+        assert_eq!(
+            actual.len(),
+            expected.len(),
+            "polls at {actual:?}, expected {expected:?}"
+        );
         for (a, e) in actual.iter().zip(expected) {
-            assert!(a.abs_diff(*e) <= 2, "polls at {actual:?}, expected {expected:?}");
+            assert!(
+                a.abs_diff(*e) <= 2,
+                "polls at {actual:?}, expected {expected:?}"
+            );
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn polls_on_a_fixed_grid_whatever_each_poll_takes() {
         let recorder = Recorder::new(Duration::from_secs(3));
-        run_for(45, &recorder, vec![("a", timing(10, true)), ("b", timing(10, false))], 8, nothing).await;
+        run_for(
+            45,
+            &recorder,
+            vec![("a", timing(10, true)), ("b", timing(10, false))],
+            8,
+            nothing,
+        )
+        .await;
         assert_near(&recorder.times("a"), &[0, 10_000, 20_000, 30_000, 40_000]);
         assert_near(&recorder.times("b"), &[10_000, 20_000, 30_000, 40_000]);
     }
@@ -346,7 +394,10 @@ mod tests {
         assert_eq!(times.len(), 50, "{times:?}");
         for (cycle, at) in times.iter().enumerate() {
             let offset = at.saturating_sub(cycle as u128 * 10_000);
-            assert!((1_000..=2_002).contains(&offset), "cycle {cycle} polled at {at}");
+            assert!(
+                (1_000..=2_002).contains(&offset),
+                "cycle {cycle} polled at {at}"
+            );
         }
         let distinct: std::collections::HashSet<_> = times.iter().map(|t| t % 10_000).collect();
         assert!(distinct.len() > 10, "jitter should vary: {times:?}");
@@ -355,17 +406,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forced_polls_during_a_poll_coalesce_into_one_rerun() {
         let recorder = Recorder::new(Duration::from_secs(5));
-        run_for(30, &recorder, vec![("a", timing(3600, true))], 8, |handle| {
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                for _ in 0..3 {
-                    assert!(handle.force("a"));
-                }
-                assert!(!handle.force("nosuch"));
-                tokio::time::sleep(Duration::from_secs(19)).await;
-                handle.force("a");
-            })
-        })
+        run_for(
+            30,
+            &recorder,
+            vec![("a", timing(3600, true))],
+            8,
+            |handle| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    for _ in 0..3 {
+                        assert!(handle.force("a"));
+                    }
+                    assert!(!handle.force("nosuch"));
+                    tokio::time::sleep(Duration::from_secs(19)).await;
+                    handle.force("a");
+                })
+            },
+        )
         .await;
         // The launch poll, one rerun straight after it, then the idle force at 20 s.
         assert_near(&recorder.times("a"), &[0, 5_000, 20_000]);
@@ -385,7 +442,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn never_more_than_max_concurrent_polls() {
         let recorder = Recorder::new(Duration::from_secs(1));
-        let pollers = ["a", "b", "c", "d", "e"].into_iter().map(|n| (n, timing(60, true))).collect();
+        let pollers = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .map(|n| (n, timing(60, true)))
+            .collect();
         run_for(10, &recorder, pollers, 2, nothing).await;
         assert_eq!(*recorder.max_running.lock().unwrap(), 2);
         assert_eq!(recorder.starts.lock().unwrap().len(), 5);
@@ -398,7 +458,10 @@ mod tests {
         run_for(130, &recorder, vec![("a", timing(60, true))], 8, nothing).await;
         // Retries after 5, 10, 20 s; then the grid slot at 60 comes before the next
         // retry (75), and from then on the backoff is capped at the interval.
-        assert_near(&recorder.times("a"), &[0, 5_000, 15_000, 35_000, 60_000, 120_000]);
+        assert_near(
+            &recorder.times("a"),
+            &[0, 5_000, 15_000, 35_000, 60_000, 120_000],
+        );
     }
 
     #[tokio::test(start_paused = true)]

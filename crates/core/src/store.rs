@@ -154,14 +154,18 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions
         // roll back on drop), so a poisoned lock is still safe to use.
-        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every poller's cursor, by poller name.
     pub fn cursors(&self) -> Result<HashMap<String, Cursor>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare("SELECT poller, cursor FROM cursors")?;
-        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
         let mut cursors = HashMap::new();
         for row in rows {
             let (poller, cursor) = row?;
@@ -171,7 +175,12 @@ impl Store {
     }
 
     /// Moves `poller`'s cursor and queues `changes` (oldest first), atomically.
-    pub fn commit_poll(&self, poller: &str, cursor: &Cursor, changes: &[Change]) -> Result<(), StoreError> {
+    pub fn commit_poll(
+        &self,
+        poller: &str,
+        cursor: &Cursor,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
         let now = unix_now();
@@ -181,8 +190,9 @@ impl Store {
             params![poller, serde_json::to_string(cursor)?, now],
         )?;
         {
-            let mut insert =
-                transaction.prepare_cached("INSERT INTO outbox (poller, change, queued_at) VALUES (?1, ?2, ?3)")?;
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO outbox (poller, change, queued_at) VALUES (?1, ?2, ?3)",
+            )?;
             for change in changes {
                 insert.execute(params![poller, serde_json::to_string(change)?, now])?;
             }
@@ -194,8 +204,11 @@ impl Store {
     /// Up to `limit` queued changes, oldest first.
     pub fn peek(&self, limit: usize) -> Result<Vec<Queued>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare_cached("SELECT seq, change FROM outbox ORDER BY seq LIMIT ?1")?;
-        let rows = statement.query_map([limit as i64], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+        let mut statement =
+            connection.prepare_cached("SELECT seq, change FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = statement.query_map([limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
         let mut queued = Vec::new();
         for row in rows {
             let (seq, change) = row?;
@@ -257,7 +270,10 @@ impl Store {
             ),
             [poller],
         )?;
-        let moved = transaction.execute(&format!("DELETE FROM dead_letters WHERE {filter}"), [poller])?;
+        let moved = transaction.execute(
+            &format!("DELETE FROM dead_letters WHERE {filter}"),
+            [poller],
+        )?;
         transaction.commit()?;
         Ok(moved)
     }
@@ -289,7 +305,11 @@ impl Store {
         let mut statuses = Vec::with_capacity(pollers.len());
         for poller in pollers {
             let cursor: Option<String> = connection
-                .query_row("SELECT cursor FROM cursors WHERE poller = ?1", [poller], |row| row.get(0))
+                .query_row(
+                    "SELECT cursor FROM cursors WHERE poller = ?1",
+                    [poller],
+                    |row| row.get(0),
+                )
                 .optional()?;
             let (last_poll, last_success, last_error) = connection
                 .query_row(
@@ -299,12 +319,16 @@ impl Store {
                 )
                 .optional()?
                 .unwrap_or((None, None, None));
-            let pending: i64 =
-                connection.query_row("SELECT COUNT(*) FROM outbox WHERE poller = ?1", [poller], |row| row.get(0))?;
-            let dead_letters: i64 =
-                connection.query_row("SELECT COUNT(*) FROM dead_letters WHERE poller = ?1", [poller], |row| {
-                    row.get(0)
-                })?;
+            let pending: i64 = connection.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE poller = ?1",
+                [poller],
+                |row| row.get(0),
+            )?;
+            let dead_letters: i64 = connection.query_row(
+                "SELECT COUNT(*) FROM dead_letters WHERE poller = ?1",
+                [poller],
+                |row| row.get(0),
+            )?;
             let last_delivery_error: Option<String> = connection
                 .query_row(
                     "SELECT last_error FROM outbox WHERE poller = ?1 AND last_error IS NOT NULL ORDER BY seq LIMIT 1",
@@ -443,13 +467,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let cursor = Cursor(json!({"refs": {"refs/heads/main": "b"}}));
-        store.commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")]).unwrap();
+        store
+            .commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")])
+            .unwrap();
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.cursors().unwrap()["app"], cursor);
         let queued = store.peek(10).unwrap();
-        assert_eq!(queued.iter().map(|q| q.change.revision.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            queued
+                .iter()
+                .map(|q| q.change.revision.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         store.acknowledge(&[queued[0].seq]).unwrap();
         assert_eq!(store.peek(10).unwrap().len(), 1);
     }
@@ -459,7 +491,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let cursor = Cursor(json!({}));
-        store.commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")]).unwrap();
+        store
+            .commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")])
+            .unwrap();
         let first = store.peek(1).unwrap()[0].seq;
         store.dead_letter(first, "HTTP 400").unwrap();
         let status = store.status(&["app"]).unwrap();
@@ -472,8 +506,14 @@ mod tests {
     #[test]
     fn a_corrupt_database_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("state.db"), b"this is not sqlite, not at all, no").unwrap();
-        let error = Store::open(dir.path()).err().expect("corrupt store must not open");
+        std::fs::write(
+            dir.path().join("state.db"),
+            b"this is not sqlite, not at all, no",
+        )
+        .unwrap();
+        let error = Store::open(dir.path())
+            .err()
+            .expect("corrupt store must not open");
         assert!(error.to_string().contains("state.db"), "{error}");
     }
 
@@ -481,7 +521,10 @@ mod tests {
     fn one_process_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let held = StateLock::acquire(dir.path()).unwrap();
-        assert!(matches!(StateLock::acquire(dir.path()), Err(StoreError::Locked { .. })));
+        assert!(matches!(
+            StateLock::acquire(dir.path()),
+            Err(StoreError::Locked { .. })
+        ));
         drop(held);
         StateLock::acquire(dir.path()).unwrap();
     }
@@ -490,12 +533,23 @@ mod tests {
     fn poll_records_keep_the_last_success() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let ok = PollRecord { poller: "app".into(), at: 10, error: None };
-        let failed = PollRecord { poller: "app".into(), at: 20, error: Some("refused".into()) };
+        let ok = PollRecord {
+            poller: "app".into(),
+            at: 10,
+            error: None,
+        };
+        let failed = PollRecord {
+            poller: "app".into(),
+            at: 20,
+            error: Some("refused".into()),
+        };
         store.record_polls(&[ok]).unwrap();
         store.record_polls(&[failed]).unwrap();
         let status = &store.status(&["app"]).unwrap()[0];
-        assert_eq!((status.last_poll, status.last_success), (Some(20), Some(10)));
+        assert_eq!(
+            (status.last_poll, status.last_success),
+            (Some(20), Some(10))
+        );
         assert_eq!(status.last_error.as_deref(), Some("refused"));
     }
 }

@@ -19,7 +19,15 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "polld", version, about)]
 struct Cli {
     /// The config file [default: $POLLD_CONFIG, then ./pollers.toml]
-    #[arg(short, long, global = true, env = "POLLD_CONFIG", default_value = "pollers.toml", hide_default_value = true, hide_env = true)]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "POLLD_CONFIG",
+        default_value = "pollers.toml",
+        hide_default_value = true,
+        hide_env = true
+    )]
     config: PathBuf,
     /// How log lines on stderr look (filter them with $POLLD_LOG)
     #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text)]
@@ -79,7 +87,10 @@ fn main() -> ExitCode {
             tracing::warn!(poller = %poller.name, repo = %poller.display_repo(), "repo URL carries credentials; prefer *_env or *_file keys (they are never shown or stored)");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("polld: cannot start the async runtime: {error}");
@@ -110,7 +121,9 @@ async fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode>
         Command::Redeliver { poller } => {
             let store = polld_core::store::Store::open(&config.daemon.state_dir)?;
             let moved = store.redeliver(poller.as_deref())?;
-            println!("re-queued {moved} dead-lettered change(s); `polld run` or `polld once` delivers them");
+            println!(
+                "re-queued {moved} dead-lettered change(s); `polld run` or `polld once` delivers them"
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -155,7 +168,10 @@ async fn once(config: &Config, names: &[String]) -> anyhow::Result<ExitCode> {
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn stop_on_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop polld with SIGKILL");
         return;
     };

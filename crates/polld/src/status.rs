@@ -30,7 +30,11 @@ pub fn print_check(config: &Config) {
             poller.poller.describe()
         );
     }
-    eprintln!("{}: ok, {} poller(s)", config.path.display(), config.pollers.len());
+    eprintln!(
+        "{}: ok, {} poller(s)",
+        config.path.display(),
+        config.pollers.len()
+    );
 }
 
 pub fn print_status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
@@ -58,16 +62,25 @@ pub fn print_status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> 
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "pollers": pollers }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "pollers": pollers }))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for (poller, status) in rows {
         println!("{} ({}) {}", poller.name, poller.vcs, poller.display_repo());
-        let cursor = status.cursor.as_ref().map_or("none (not polled yet)".to_owned(), |c| c.0.to_string());
+        let cursor = status
+            .cursor
+            .as_ref()
+            .map_or("none (not polled yet)".to_owned(), |c| c.0.to_string());
         println!("  cursor:       {cursor}");
         println!("  last poll:    {}", time(status.last_poll));
         println!("  last success: {}", time(status.last_success));
-        println!("  last error:   {}", status.last_error.as_deref().unwrap_or("-"));
+        println!(
+            "  last error:   {}",
+            status.last_error.as_deref().unwrap_or("-")
+        );
         println!("  pending:      {}", status.pending);
         println!("  dead letters: {}", status.dead_letters);
         if let Some(error) = &status.last_delivery_error {

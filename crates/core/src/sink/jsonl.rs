@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{Sink, SinkError, SinkFailure, json_line};
 use crate::model::Change;
 
 /// Appends a whole batch, then fsyncs once: a batch is acknowledged only when it is on
-/// disk. A failed write is cut back off the file, so a reader never sees half a line.
+/// disk. A failed write is cut back off the file, and so is a line left half-written by
+/// a crash (found when the file is opened), so a reader never sees half a line. The
+/// unacknowledged batch is then written again whole.
 pub struct JsonlSink {
     path: PathBuf,
     file: Option<File>,
@@ -25,7 +27,13 @@ impl JsonlSink {
         let file = match &mut self.file {
             Some(file) => file,
             None => {
-                let file = OpenOptions::new().create(true).append(true).open(&self.path).await?;
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(&self.path)
+                    .await?;
+                cut_torn_line(&mut file, &self.path).await?;
                 self.file.insert(file)
             }
         };
@@ -55,7 +63,10 @@ impl Sink for JsonlSink {
                 Ok(line) => batch.extend_from_slice(&line),
                 Err(error) => {
                     self.flush_prefix(&batch, acknowledged).await?;
-                    return Err(SinkFailure { acknowledged, error });
+                    return Err(SinkFailure {
+                        acknowledged,
+                        error,
+                    });
                 }
             }
         }
@@ -73,5 +84,54 @@ impl JsonlSink {
             acknowledged: 0,
             error: SinkError::Unavailable(format!("cannot append to {}: {e}", self.path.display())),
         })
+    }
+}
+
+/// Cuts the file back to just after its last newline, if a crash left a partial line.
+async fn cut_torn_line(file: &mut File, path: &std::path::Path) -> std::io::Result<()> {
+    const CHUNK: u64 = 64 * 1024;
+    let length = file.metadata().await?.len();
+    let mut end = length;
+    let mut buffer = vec![0; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buffer[..(end - start) as usize];
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        file.read_exact(chunk).await?;
+        if let Some(newline) = chunk.iter().rposition(|&b| b == b'\n') {
+            end = start + newline as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < length {
+        tracing::warn!(path = %path.display(), bytes = length - end, "removing a partial last line left by a crash; its changes are written again");
+        file.set_len(end).await?;
+        file.sync_data().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("changes.jsonl");
+        let whole = format!("{{\"a\":1}}\n{}\n", "x".repeat(100_000));
+        std::fs::write(&path, format!("{whole}{{\"torn\": tr")).unwrap();
+        let mut sink = JsonlSink::new(path.clone());
+        sink.append(b"{\"b\":2}\n").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{whole}{{\"b\":2}}\n")
+        );
+
+        std::fs::write(&path, "no newline at all").unwrap();
+        let mut sink = JsonlSink::new(path.clone());
+        sink.append(b"{}\n").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     }
 }

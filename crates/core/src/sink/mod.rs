@@ -52,7 +52,8 @@ pub fn open(config: &SinkConfig) -> Box<dyn Sink> {
 
 /// One change as one line of JSON, newline included.
 pub(crate) fn json_line(change: &Change) -> Result<Vec<u8>, SinkError> {
-    let mut line = serde_json::to_vec(change).map_err(|e| SinkError::Refused(format!("cannot encode change: {e}")))?;
+    let mut line = serde_json::to_vec(change)
+        .map_err(|e| SinkError::Refused(format!("cannot encode change: {e}")))?;
     line.push(b'\n');
     Ok(line)
 }

@@ -14,7 +14,9 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn new() -> Self {
-        StdoutSink { out: tokio::io::stdout() }
+        StdoutSink {
+            out: tokio::io::stdout(),
+        }
     }
 }
 
@@ -28,15 +30,20 @@ impl Default for StdoutSink {
 impl Sink for StdoutSink {
     async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
         for (acknowledged, change) in changes.iter().enumerate() {
-            let fail = |error| SinkFailure { acknowledged, error };
+            let fail = |error| SinkFailure {
+                acknowledged,
+                error,
+            };
             let line = json_line(change).map_err(fail)?;
             let written = async {
                 self.out.write_all(&line).await?;
                 self.out.flush().await
             };
-            written
-                .await
-                .map_err(|e| fail(SinkError::Unavailable(format!("cannot write to standard output: {e}"))))?;
+            written.await.map_err(|e| {
+                fail(SinkError::Unavailable(format!(
+                    "cannot write to standard output: {e}"
+                )))
+            })?;
         }
         Ok(())
     }

@@ -1,0 +1,260 @@
+//! From moved refs to change records.
+//!
+//! Each moved ref is walked along first parents from its new tip, hiding everything
+//! reachable from the poller's known heads and from the tips already processed in the
+//! same poll. So a merge is one change, and a commit that lands on two watched branches
+//! at once is reported once, under the first of them in [`report_order`].
+
+use std::collections::HashSet;
+
+use git2::{Commit, Delta, Oid, Repository, Sort};
+use polld_core::NewChange;
+
+use crate::LogContext;
+use crate::cursor::RefMap;
+use crate::error::GitError;
+use crate::mirror::Mirror;
+use crate::watch::{HEADS, TAGS};
+
+/// What one poll compares.
+pub(crate) struct Moves<'a> {
+    /// The cursor: refs as they were at the last poll.
+    pub(crate) old: &'a RefMap,
+    /// The watched refs as the remote advertises them now.
+    pub(crate) new: &'a RefMap,
+    /// The full name of the remote HEAD's branch.
+    pub(crate) remote_head: Option<&'a str>,
+}
+
+impl Moves<'_> {
+    /// Refs that appeared or point somewhere else, in the order their changes are
+    /// reported: branches before tags; within each, refs the poller already knew before
+    /// new ones, the remote HEAD's branch first, then by name. Known refs go first so
+    /// that a commit pushed to `main` and to a new branch together is reported on
+    /// `main`.
+    pub(crate) fn report_order(&self) -> Vec<&String> {
+        let mut moved: Vec<&String> = self
+            .new
+            .iter()
+            .filter(|(name, oid)| self.old.get(*name) != Some(*oid))
+            .map(|(name, _)| name)
+            .collect();
+        moved.sort_by_key(|name| {
+            (
+                name.starts_with(TAGS),
+                !self.old.contains_key(*name),
+                Some(name.as_str()) != self.remote_head,
+                name.as_str(),
+            )
+        });
+        moved
+    }
+}
+
+/// The changes for every moved ref, oldest first within each ref.
+///
+/// Every object named in `moves.new` must already be in the mirror.
+pub(crate) fn changes(
+    mirror: &Mirror,
+    moves: &Moves<'_>,
+    build_pushes_with_no_commits: bool,
+    log: &LogContext<'_>,
+) -> Result<Vec<NewChange>, GitError> {
+    let repo = mirror.repo();
+    // Heads of deleted branches count too: their commits were reported already.
+    let mut known: Vec<Oid> = Vec::new();
+    for oid in moves.old.values() {
+        if !known.contains(oid) && mirror.has_commit(*oid) {
+            known.push(*oid);
+        }
+    }
+    // The poller knew something, but the mirror has none of it (wiped, and the old
+    // heads gone from the remote). An empty cursor is different: a first branch pushed
+    // into an empty repository reports all its commits.
+    let history_lost =
+        !moves.old.is_empty() && !moves.old.values().any(|oid| mirror.has_object(*oid));
+    let mut reported: HashSet<Oid> = HashSet::new();
+    let mut changes = Vec::new();
+
+    for name in moves.report_order() {
+        let Some(&tip) = moves.new.get(name) else {
+            continue;
+        };
+        let branch = branch_name(name);
+        let history_error = |e: git2::Error| GitError::history(name, &e);
+        if !mirror.has_commit(tip) {
+            tracing::warn!(
+                poller = log.poller,
+                repo = log.repo,
+                branch,
+                object = %tip,
+                "the ref does not point to a commit; skipped"
+            );
+            continue;
+        }
+
+        let new_commits = match moves.old.get(name) {
+            Some(&old_tip) if !mirror.has_commit(old_tip) => {
+                // A force push after the mirror lost the old head: its history cannot be
+                // told apart from the rewritten one, and re-reporting years of commits
+                // would be worse than missing a few.
+                if reachable_from_any(repo, tip, &known).map_err(history_error)? {
+                    Vec::new()
+                } else {
+                    tracing::warn!(
+                        poller = log.poller,
+                        repo = log.repo,
+                        branch,
+                        old = %old_tip,
+                        new = %tip,
+                        "the previous head is not in the mirror; reporting only the new tip"
+                    );
+                    vec![tip]
+                }
+            }
+            None if known.is_empty() && history_lost => {
+                // Same reasoning for a new ref: with nothing the poller knew left to
+                // stop at, its whole history would look new.
+                tracing::warn!(
+                    poller = log.poller,
+                    repo = log.repo,
+                    branch,
+                    new = %tip,
+                    "none of the previous heads is in the mirror; reporting only the new tip"
+                );
+                vec![tip]
+            }
+            _ => first_parent_walk(repo, tip, &known).map_err(history_error)?,
+        };
+
+        let mut fresh = new_commits
+            .into_iter()
+            .filter(|oid| reported.insert(*oid))
+            .peekable();
+        if fresh.peek().is_none() {
+            if build_pushes_with_no_commits {
+                changes.push(new_change(repo, tip, branch).map_err(history_error)?);
+            }
+        } else {
+            for oid in fresh {
+                changes.push(new_change(repo, oid, branch).map_err(history_error)?);
+            }
+        }
+        known.push(tip);
+    }
+    Ok(changes)
+}
+
+/// `git rev-list --first-parent --topo-order --reverse tip ^hidden...`
+fn first_parent_walk(repo: &Repository, tip: Oid, hidden: &[Oid]) -> Result<Vec<Oid>, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE)?;
+    walk.simplify_first_parent()?;
+    walk.push(tip)?;
+    for oid in hidden {
+        walk.hide(*oid)?;
+    }
+    walk.collect()
+}
+
+fn reachable_from_any(repo: &Repository, commit: Oid, heads: &[Oid]) -> Result<bool, git2::Error> {
+    for &head in heads {
+        if head == commit || repo.graph_descendant_of(head, commit)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The contract's branch spelling: `main` for a branch, `refs/tags/v1` for a tag.
+fn branch_name(full_name: &str) -> &str {
+    full_name.strip_prefix(HEADS).unwrap_or(full_name)
+}
+
+/// One commit as a change. Names, messages and paths that are not UTF-8 (git stores
+/// bytes, and ignores the commit's `encoding` header for paths) are converted lossily,
+/// invalid sequences becoming U+FFFD: the record is JSON and must be text.
+fn new_change(repo: &Repository, oid: Oid, branch: &str) -> Result<NewChange, git2::Error> {
+    let commit = repo.find_commit(oid)?;
+    Ok(NewChange {
+        branch: Some(branch.to_owned()),
+        revision: oid.to_string(),
+        author: person(&commit.author()),
+        committer: Some(person(&commit.committer())),
+        comments: String::from_utf8_lossy(commit.message_bytes())
+            .trim_end()
+            .to_owned(),
+        files: changed_files(repo, &commit)?,
+        when_timestamp: commit.committer().when().seconds(),
+        project: None,
+    })
+}
+
+fn person(signature: &git2::Signature<'_>) -> String {
+    format!(
+        "{} <{}>",
+        String::from_utf8_lossy(signature.name_bytes()),
+        String::from_utf8_lossy(signature.email_bytes())
+    )
+}
+
+/// Paths changed against the first parent (a merge shows what it brought to the
+/// branch; a root commit shows everything). A deleted file is listed by its old path.
+fn changed_files(repo: &Repository, commit: &Commit<'_>) -> Result<Vec<String>, git2::Error> {
+    let parent_tree = match commit.parent_count() {
+        0 => None,
+        _ => Some(commit.parent(0)?.tree()?),
+    };
+    let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&commit.tree()?), None)?;
+    Ok(diff
+        .deltas()
+        .filter_map(|delta| {
+            let file = match delta.status() {
+                Delta::Deleted => delta.old_file(),
+                _ => delta.new_file(),
+            };
+            file.path_bytes()
+                .map(|path| String::from_utf8_lossy(path).into_owned())
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_known_refs_first_head_branch_first_tags_last() {
+        let a = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
+        let b = Oid::from_str("2222222222222222222222222222222222222222").unwrap();
+        let old = RefMap::from([
+            ("refs/heads/main".to_owned(), a),
+            ("refs/heads/dev".to_owned(), a),
+            ("refs/heads/same".to_owned(), a),
+            ("refs/tags/v1".to_owned(), a),
+        ]);
+        let new = RefMap::from([
+            ("refs/heads/main".to_owned(), b),
+            ("refs/heads/dev".to_owned(), b),
+            ("refs/heads/same".to_owned(), a),
+            ("refs/heads/aaa-new".to_owned(), b),
+            ("refs/tags/v1".to_owned(), b),
+            ("refs/tags/a0".to_owned(), b),
+        ]);
+        let moves = Moves {
+            old: &old,
+            new: &new,
+            remote_head: Some("refs/heads/main"),
+        };
+        assert_eq!(
+            moves.report_order(),
+            [
+                "refs/heads/main",
+                "refs/heads/dev",
+                "refs/heads/aaa-new",
+                "refs/tags/v1",
+                "refs/tags/a0"
+            ]
+        );
+    }
+}
