@@ -7,9 +7,13 @@ cd "$(dirname "$0")/.."
 # Cargo's build cache lives outside the checkout, so a fresh clone rebuilds incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 
-# System packages the tests drive for real (git daemon ships with git).
+# System packages the tests drive for real: git (with git daemon), Subversion
+# (svn, svnadmin, svnserve), and sshd plus ssh-keygen for the ssh transport.
 missing=()
 command -v git >/dev/null || missing+=(git)
+command -v svnserve >/dev/null || missing+=(subversion)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -454,18 +454,7 @@ fn credentials_in_a_repo_url_never_show() {
         "status shows the repo without userinfo"
     );
     // Nothing stored holds it either.
-    let mut leaks = Vec::new();
-    let mut stack = vec![polld.path("state")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path).is_ok_and(|b| b.windows(8).any(|w| w == b"s3cr3tpw")) {
-                leaks.push(path.display().to_string());
-            }
-        }
-    }
+    let leaks = files_containing(&polld.path("state"), b"s3cr3tpw");
     assert!(
         leaks.is_empty(),
         "stored files hold the password: {leaks:?}"

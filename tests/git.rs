@@ -786,18 +786,7 @@ fn smart_http_with_credentials_in_the_url_works_and_strips_them() {
     }
     let v: Value = serde_json::from_str(status.stdout.trim()).unwrap();
     assert_eq!(v["pollers"][0]["repo"], json!(shown));
-    let mut leaks = Vec::new();
-    let mut stack = vec![polld.path("state")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path).is_ok_and(|b| b.windows(8).any(|w| w == b"s3cr3tpw")) {
-                leaks.push(path.display().to_string());
-            }
-        }
-    }
+    let leaks = files_containing(&polld.path("state"), b"s3cr3tpw");
     assert!(
         leaks.is_empty(),
         "stored files hold the password: {leaks:?}"

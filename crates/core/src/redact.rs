@@ -5,8 +5,9 @@
 
 /// The `repo` string as it may be shown: any `userinfo@` in a `scheme://` URL removed.
 ///
-/// scp-like git addresses (`git@host:path`) name a login, not a secret, and stay as
-/// they are; so do local paths.
+/// Over ssh a bare user name (`ssh://git@host/x`) is a login, not a secret, and stays,
+/// as do scp-like git addresses (`git@host:path`) and local paths. Over http(s) even a
+/// bare user name goes: hosting services put access tokens there.
 pub fn strip_userinfo(repo: &str) -> String {
     let Some(scheme_end) = repo.find("://") else {
         return repo.to_owned();
@@ -14,10 +15,14 @@ pub fn strip_userinfo(repo: &str) -> String {
     let authority_start = scheme_end + 3;
     let rest = &repo[authority_start..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}{}", &repo[..authority_start], &rest[at + 1..]),
-        None => repo.to_owned(),
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return repo.to_owned();
+    };
+    let over_ssh = repo[..scheme_end].to_ascii_lowercase().contains("ssh");
+    if over_ssh && !rest[..at].contains(':') {
+        return repo.to_owned();
     }
+    format!("{}{}", &repo[..authority_start], &rest[at + 1..])
 }
 
 /// Whether `repo` carries credentials that [`strip_userinfo`] would remove.

@@ -65,6 +65,7 @@ enum Command {
 fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(polld_git::GitBackend::new());
+    registry.register(polld_svn::SvnBackend::new());
     registry
 }
 

@@ -1,0 +1,1 @@
+//! Fixtures for Subversion: repositories, working copies, svnserve.

@@ -1,0 +1,1 @@
+//! End-to-end: `polld once` against real Subversion repositories.
