@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 
 # System packages the tests drive for real: git (with git daemon), Subversion
-# (svn, svnadmin, svnserve), and sshd plus ssh-keygen for the ssh transport.
+# (svn, svnadmin, svnserve), Mercurial, and sshd plus ssh-keygen for ssh transports.
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v svnserve >/dev/null || missing+=(subversion)
+command -v hg >/dev/null || missing+=(mercurial)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,6 +20,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# A real Buildbot master for the delivery tests, in a venv kept outside the checkout.
+export POLLD_BUILDBOT_VENV="${POLLD_BUILDBOT_VENV:-$HOME/.cache/polld-venv}"
+if ! "$POLLD_BUILDBOT_VENV/bin/buildbot" --version >/dev/null 2>&1; then
+    echo "creating the Buildbot venv in $POLLD_BUILDBOT_VENV"
+    python3 -m venv "$POLLD_BUILDBOT_VENV"
+    "$POLLD_BUILDBOT_VENV/bin/pip" install -q buildbot==4.3.0 buildbot-www==4.3.0
 fi
 
 cargo fmt --all -- --check

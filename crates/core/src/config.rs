@@ -43,6 +43,8 @@ pub struct DaemonConfig {
     pub listen: Option<SocketAddr>,
     /// Environment variable holding the bearer token for the control endpoint's POSTs.
     pub token_env: Option<String>,
+    /// How long polls in flight may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
 }
 
 /// Where changes go.
@@ -53,6 +55,37 @@ pub enum SinkConfig {
     Stdout,
     /// One JSON object per line appended to `path`, fsynced per batch.
     Jsonl { path: PathBuf },
+    /// Buildbot's `/change_hook/base`: one form-encoded POST per change.
+    Buildbot(BuildbotSinkConfig),
+    /// Any HTTP endpoint: one JSON POST per change, optionally signed.
+    Webhook(WebhookSinkConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildbotSinkConfig {
+    /// e.g. `http://127.0.0.1:8010/change_hook/base`
+    pub url: String,
+    /// HTTP basic auth for Buildbot's `change_hook_auth`.
+    pub username: Option<String>,
+    /// Environment variable holding the basic-auth password.
+    pub password_env: Option<String>,
+    /// How long one request may take (default 30 s).
+    pub timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    pub url: String,
+    /// Environment variable holding the HMAC-SHA256 key: each body is signed in
+    /// `X-Polld-Signature: sha256=<hex>`.
+    pub secret_env: Option<String>,
+    /// Extra request headers, e.g. `{ "X-Team" = "core" }`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// How long one request may take (default 30 s).
+    pub timeout: Option<HumanDuration>,
 }
 
 /// When a poller polls.
@@ -82,6 +115,23 @@ pub struct PollerConfig {
     pub revlink: Option<String>,
     pub properties: Map<String, Value>,
     pub poller: Arc<dyn Poller>,
+    /// Everything that defines this poller (its table and effective timing), so a reload
+    /// can tell an unchanged poller, which keeps its schedule, from a changed one.
+    pub fingerprint: String,
+}
+
+impl Config {
+    /// The config file's directory, which anchors relative paths.
+    pub fn dir(&self) -> PathBuf {
+        directory_of(&self.path)
+    }
+}
+
+fn directory_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 impl PollerConfig {
@@ -142,10 +192,7 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
         }
     };
     let toml_error = |e: toml::de::Error| at(e.span(), e.message());
-    let config_dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let config_dir = directory_of(path);
 
     let root = DeTable::parse(text).map_err(toml_error)?;
     let root_span = root.span();
@@ -160,10 +207,18 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
     let daemon = file.daemon.unwrap_or_default().resolve(&config_dir, &at)?;
     let defaults = file.defaults.unwrap_or_default();
     let sink = match file.sink {
-        Some(SinkConfig::Jsonl { path }) => SinkConfig::Jsonl {
-            path: config_dir.join(path),
-        },
-        Some(sink) => sink,
+        Some(sink) => {
+            let span = sink.span();
+            let sink = match sink.into_inner() {
+                SinkConfig::Jsonl { path } => SinkConfig::Jsonl {
+                    path: config_dir.join(path),
+                },
+                other => other,
+            };
+            crate::sink::validate(&sink)
+                .map_err(|message| at(Some(span), &format!("[sink]: {message}")))?;
+            sink
+        }
         None => SinkConfig::Stdout,
     };
 
@@ -214,7 +269,7 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
 struct FileKeys {
     daemon: Option<DaemonKeys>,
     defaults: Option<TimingKeys>,
-    sink: Option<SinkConfig>,
+    sink: Option<Spanned<SinkConfig>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -224,6 +279,7 @@ struct DaemonKeys {
     max_concurrent_polls: Option<Spanned<usize>>,
     listen: Option<Spanned<String>>,
     token_env: Option<String>,
+    shutdown_grace: Option<HumanDuration>,
 }
 
 impl DaemonKeys {
@@ -242,7 +298,7 @@ impl DaemonKeys {
             Some(n) => n.into_inner(),
             None => 32,
         };
-        let listen = match self.listen {
+        let listen = match &self.listen {
             Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
                 at(
                     Some(listen.span()),
@@ -254,11 +310,21 @@ impl DaemonKeys {
             })?),
             None => None,
         };
+        if let (Some(address), Some(span)) = (listen, self.listen.as_ref().map(Spanned::span))
+            && !address.ip().is_loopback()
+            && self.token_env.is_none()
+        {
+            return Err(at(
+                Some(span),
+                "listen on a non-loopback address needs token_env: the POST endpoints would be open to the network",
+            ));
+        }
         Ok(DaemonConfig {
             state_dir: config_dir.join(self.state_dir.unwrap_or_else(|| PathBuf::from(".polld"))),
             max_concurrent_polls,
             listen,
             token_env: self.token_env,
+            shutdown_grace: self.shutdown_grace.map_or(Duration::from_secs(10), |d| d.0),
         })
     }
 }
@@ -320,6 +386,7 @@ fn build_poller(
     let DeValue::Table(table) = table.into_inner() else {
         return Err(at(Some(span), "each [[poller]] must be a table"));
     };
+    let fingerprint_source = table.clone();
     let (common, own): (DeTable<'_>, DeTable<'_>) = table
         .into_iter()
         .partition(|(key, _)| COMMON_POLLER_KEYS.contains(&key.get_ref().as_ref()));
@@ -379,7 +446,15 @@ fn build_poller(
             ),
         })?;
 
+    let fingerprint = match toml::Value::deserialize(ValueDeserializer::from(Spanned::new(
+        span.clone(),
+        DeValue::Table(fingerprint_source),
+    ))) {
+        Ok(value) => format!("{value:?} {timing:?}"),
+        Err(error) => return Err(at(error.span(), error.message())),
+    };
     let poller = PollerConfig {
+        fingerprint,
         name: name.clone(),
         vcs,
         repo: repo.clone(),
@@ -597,6 +672,24 @@ properties = { team = "core", n = 3 }
         assert_eq!(b.category.as_deref(), Some("push"));
         assert_eq!(b.properties["n"], 3);
         assert_eq!(b.vcs, "dummy");
+    }
+
+    #[test]
+    fn http_sinks_parse() {
+        let config = load_text(
+            "[sink]\ntype = \"buildbot\"\nurl = \"http://127.0.0.1:8010/change_hook/base\"\nusername = \"u\"\npassword_env = \"P\"\ntimeout = \"5s\"\n",
+        )
+        .unwrap();
+        let SinkConfig::Buildbot(sink) = config.sink else {
+            panic!("{:?}", config.sink)
+        };
+        assert_eq!(sink.username.as_deref(), Some("u"));
+        assert_eq!(sink.timeout, Some(HumanDuration(Duration::from_secs(5))));
+        let config = load_text("[sink]\ntype = \"webhook\"\nurl = \"https://ci/hook\"\nsecret_env = \"S\"\nheaders = { X-Team = \"core\" }\n").unwrap();
+        let SinkConfig::Webhook(sink) = config.sink else {
+            panic!("{:?}", config.sink)
+        };
+        assert_eq!(sink.headers["X-Team"], "core");
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Everything running together: `polld run` and `polld once`.
+//! Everything running together: `polld run` (with its [`Control`] handle for the HTTP
+//! endpoint and signals) and `polld once`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -10,36 +13,185 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::engine::Engine;
-use crate::scheduler::{PollTarget, Scheduler, SchedulerHandle};
+use crate::metrics::Metrics;
+use crate::repo_key::repo_key;
+use crate::scheduler::{PollTarget, Scheduled, Scheduler, SchedulerHandle};
 use crate::sink;
 use crate::store::{StateLock, Store, StoreError};
 
-/// How long in-flight polls may take to finish after a shutdown request.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often poll outcomes are saved for `polld status`: batched, so that a poll that
 /// finds nothing writes nothing to disk by itself.
 const STATUS_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// How long delivery may go on after shutdown to hand over what is queued.
 const FINAL_DELIVERY: Duration = Duration::from_secs(5);
 
+/// Why `run` or `once` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot open the sink: {0}")]
+    Sink(String),
+}
+
+/// A running daemon, as the control endpoint and the signal handlers see it.
+pub struct Control {
+    config: Mutex<Arc<Config>>,
+    scheduler: SchedulerHandle,
+    engine: Arc<Engine>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    running: AtomicBool,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+    pub unchanged: usize,
+    /// Settings that changed but only take effect after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Control {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// True while the scheduler runs (for `/healthz`).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Polls `poller` now, coalesced with a poll in flight. False if there is none.
+    pub fn poll(&self, poller: &str) -> bool {
+        self.scheduler.force(poller)
+    }
+
+    pub fn poll_all(&self) {
+        self.scheduler.force_all();
+    }
+
+    /// Polls every poller watching `repo` (however spelled); returns their names.
+    pub fn notify(&self, repo: &str) -> Vec<String> {
+        let config = self.config();
+        let dir = config.dir();
+        let wanted = repo_key(repo, &dir);
+        let matching: Vec<String> = config
+            .pollers
+            .iter()
+            .filter(|p| repo_key(&p.repo, &dir) == wanted)
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &matching {
+            self.scheduler.force(name);
+        }
+        matching
+    }
+
+    /// Switches to `new`: unchanged pollers keep their schedule and cursor, changed ones
+    /// restart (as at launch) with their cursor, removed ones stop (their cursor stays in
+    /// the store), new ones start as at launch. A poller whose type changed starts with
+    /// no cursor, since the new backend cannot read the old one.
+    pub async fn reload(&self, new: Config) -> ReloadSummary {
+        let old = self.config();
+        let mut summary = ReloadSummary::default();
+        if new.daemon != old.daemon {
+            summary.needs_restart.push("[daemon]");
+        }
+        if new.sink != old.sink {
+            summary.needs_restart.push("[sink]");
+        }
+        let mut restart = HashSet::new();
+        for poller in &new.pollers {
+            match old.pollers.iter().find(|p| p.name == poller.name) {
+                None => summary.added.push(poller.name.clone()),
+                Some(before) if before.fingerprint == poller.fingerprint => summary.unchanged += 1,
+                Some(before) => {
+                    if before.vcs != poller.vcs
+                        && let Err(error) = self.engine.forget_cursor(&poller.name).await
+                    {
+                        tracing::error!(poller = %poller.name, %error, "cannot reset the cursor of a poller whose type changed");
+                    }
+                    restart.insert(poller.name.clone());
+                    summary.restarted.push(poller.name.clone());
+                }
+            }
+        }
+        for poller in &old.pollers {
+            if !new.pollers.iter().any(|p| p.name == poller.name) {
+                summary.removed.push(poller.name.clone());
+                self.metrics.forget(&poller.name);
+            }
+        }
+        self.engine.set_pollers(new.pollers.clone());
+        self.scheduler.reload(scheduled(&new), restart);
+        // Keep what needs a restart as it is, so status and notify describe what runs.
+        let mut new = new;
+        new.daemon = old.daemon.clone();
+        new.sink = old.sink.clone();
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        summary
+    }
+
+    /// Each configured poller with what the store knows of it, poll outcomes saved first
+    /// so the answer is current.
+    pub async fn status(&self) -> Result<Vec<crate::store::StoredStatus>, StoreError> {
+        self.engine.save_poll_records().await;
+        let config = self.config();
+        let names: Vec<String> = config.pollers.iter().map(|p| p.name.clone()).collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            store.status(&names)
+        })
+        .await
+        .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
+    }
+
+    /// The Prometheus exposition, with the queue gauges read fresh from the store.
+    pub async fn metrics_text(&self) -> String {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.queue_counts()).await {
+            Ok(Ok(counts)) => {
+                let config = self.config();
+                let names: Vec<&str> = config.pollers.iter().map(|p| p.name.as_str()).collect();
+                self.metrics.set_queues(&names, &counts);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot read queue sizes for /metrics"),
+            Err(error) => tracing::warn!(%error, "cannot read queue sizes for /metrics"),
+        }
+        self.metrics.encode()
+    }
+}
+
 /// Polls on schedule and delivers until `shutdown` is cancelled. `started` receives the
-/// scheduler's handle, for forced polls.
+/// [`Control`] handle once everything runs.
 pub async fn run(
-    config: &Config,
+    config: Config,
     shutdown: CancellationToken,
-    started: impl FnOnce(SchedulerHandle),
-) -> Result<(), StoreError> {
-    let (_lock, store) = open_store(config).await?;
+    started: impl FnOnce(Arc<Control>),
+) -> Result<(), DaemonError> {
+    let (_lock, store) = open_store(&config).await?;
     let queued = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new());
     let engine = Arc::new(Engine::new(
         store.clone(),
         config.pollers.clone(),
+        Arc::clone(&metrics),
         Arc::clone(&queued),
     )?);
 
     let stop_delivery = CancellationToken::new();
     let delivery = tokio::spawn(
-        Delivery::new(store.clone(), sink::open(&config.sink))
+        Delivery::new(store.clone(), open_sink(&config)?)
             .run(Arc::clone(&queued), stop_delivery.clone()),
     );
     let status_saver = tokio::spawn(save_status_periodically(
@@ -47,23 +199,34 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let scheduler = Scheduler::new(
-        config.pollers.iter().map(|p| (p.name.clone(), p.timing)),
-        config.daemon.max_concurrent_polls,
-    );
-    started(scheduler.handle());
-    tracing::info!(pollers = config.pollers.len(), "polld running");
+    let scheduler = Scheduler::new(scheduled(&config), config.daemon.max_concurrent_polls);
+    let grace = config.daemon.shutdown_grace;
+    let mut last_delivery = Delivery::new(store.clone(), open_sink(&config)?);
+    let control = Arc::new(Control {
+        scheduler: scheduler.handle(),
+        engine: Arc::clone(&engine),
+        store,
+        metrics,
+        running: AtomicBool::new(true),
+        config: Mutex::new(Arc::new(config)),
+    });
+    tracing::info!(pollers = control.config().pollers.len(), "polld running");
+    started(Arc::clone(&control));
     let target: Arc<dyn PollTarget> = engine.clone();
-    scheduler.run(target, shutdown, SHUTDOWN_GRACE).await;
+    scheduler.run(target, shutdown, grace).await;
+    control.running.store(false, Ordering::SeqCst);
 
     let _ = status_saver.await;
     engine.save_poll_records().await;
     // Give the sink a last chance to take what the final polls queued.
-    let mut last = Delivery::new(store, sink::open(&config.sink));
     stop_delivery.cancel();
     let _ = delivery.await;
-    if let Ok(Err(error)) = tokio::time::timeout(FINAL_DELIVERY, last.drain()).await {
-        tracing::warn!(%error, "changes stay queued for the next start");
+    match tokio::time::timeout(FINAL_DELIVERY, last_delivery.drain()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "changes stay queued for the next start"),
+        Err(_) => {
+            tracing::warn!("the sink is slow; undelivered changes stay queued for the next start")
+        }
     }
     tracing::info!("polld stopped");
     Ok(())
@@ -81,11 +244,12 @@ pub struct OnceReport {
 
 /// Polls the given pollers (all when empty) once each, concurrently within
 /// `max_concurrent_polls`, then delivers everything queued.
-pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, StoreError> {
+pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, DaemonError> {
     let (_lock, store) = open_store(config).await?;
     let engine = Arc::new(Engine::new(
         store.clone(),
         config.pollers.clone(),
+        Arc::new(Metrics::new()),
         Arc::new(Notify::new()),
     )?);
     let permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_polls));
@@ -119,12 +283,28 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Store
     report.failed.sort();
     engine.save_poll_records().await;
 
-    let mut delivery = Delivery::new(store, sink::open(&config.sink));
+    let mut delivery = Delivery::new(store, open_sink(config)?);
     match delivery.drain().await {
         Ok(delivered) => report.delivered = delivered,
         Err(error) => report.delivery_error = Some(error.to_string()),
     }
     Ok(report)
+}
+
+fn scheduled(config: &Config) -> Vec<Scheduled> {
+    config
+        .pollers
+        .iter()
+        .map(|p| Scheduled {
+            name: p.name.clone(),
+            timing: p.timing,
+            repo: p.display_repo(),
+        })
+        .collect()
+}
+
+fn open_sink(config: &Config) -> Result<Box<dyn sink::Sink>, DaemonError> {
+    sink::open(&config.sink).map_err(DaemonError::Sink)
 }
 
 /// Locks the state directory for this process and opens its store.

@@ -1,7 +1,7 @@
 //! One poll, from asking the backend to having its result safely stored.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::backend::PollOutcome;
 use crate::config::PollerConfig;
+use crate::metrics::Metrics;
 use crate::model::{Change, Cursor, NewChange};
 use crate::redact;
 use crate::scheduler::PollTarget;
@@ -20,9 +21,11 @@ use crate::store::{PollRecord, Store, unix_now};
 /// [`Engine::take_poll_records`] so they can be saved in batches.
 pub struct Engine {
     store: Store,
-    pollers: HashMap<String, PollerConfig>,
+    /// Swapped whole by a reload; a poll in flight keeps the config it started with.
+    pollers: RwLock<HashMap<String, Arc<PollerConfig>>>,
     cursors: Mutex<HashMap<String, Cursor>>,
     records: Mutex<HashMap<String, PollRecord>>,
+    metrics: Arc<Metrics>,
     /// Woken whenever changes are queued.
     delivery: Arc<Notify>,
 }
@@ -31,27 +34,67 @@ impl Engine {
     pub fn new(
         store: Store,
         pollers: Vec<PollerConfig>,
+        metrics: Arc<Metrics>,
         delivery: Arc<Notify>,
     ) -> Result<Self, crate::store::StoreError> {
         let cursors = store.cursors()?;
-        Ok(Engine {
+        let engine = Engine {
             store,
-            pollers: pollers.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            pollers: RwLock::new(HashMap::new()),
             cursors: Mutex::new(cursors),
             records: Mutex::new(HashMap::new()),
+            metrics,
             delivery,
-        })
+        };
+        engine.set_pollers(pollers);
+        Ok(engine)
+    }
+
+    /// Replaces the configured pollers (a reload). Cursors stay: they belong to names.
+    pub fn set_pollers(&self, pollers: Vec<PollerConfig>) {
+        let pollers = pollers
+            .into_iter()
+            .map(|p| (p.name.clone(), Arc::new(p)))
+            .collect();
+        *self.pollers.write().unwrap_or_else(|p| p.into_inner()) = pollers;
+    }
+
+    /// Forgets a poller's cursor, in memory and in the store: for a poller whose type
+    /// changed, whose old cursor the new backend could not read.
+    pub async fn forget_cursor(&self, name: &str) -> Result<(), crate::store::StoreError> {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let (store, name) = (self.store.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || store.forget_cursor(&name))
+            .await
+            .unwrap_or_else(|join| Err(crate::store::StoreError::Task(join.to_string())))
+    }
+
+    fn poller(&self, name: &str) -> Option<Arc<PollerConfig>> {
+        self.pollers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Polls one poller and, if it found anything, moves its cursor and queues the
     /// changes in one transaction. Returns how many changes were queued.
     pub async fn poll(&self, name: &str) -> Result<usize, String> {
         let poller = self
-            .pollers
-            .get(name)
+            .poller(name)
             .ok_or_else(|| format!("no poller named `{name}`"))?;
         let span = tracing::info_span!("poll", poller = %name, repo = %poller.display_repo());
-        let result = self.poll_and_store(poller).instrument(span).await;
+        let started = Instant::now();
+        let result = self.poll_and_store(&poller).instrument(span).await;
+        self.metrics.poll_finished(
+            name,
+            started.elapsed().as_secs_f64(),
+            result.as_ref().map(|n| *n).map_err(|_| ()),
+            unix_now(),
+        );
         let record = PollRecord {
             poller: name.to_owned(),
             at: unix_now(),

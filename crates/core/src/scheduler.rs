@@ -10,8 +10,8 @@
 //! Idle pollers cost one entry in a [`DelayQueue`]: the process wakes only when a poll
 //! is due. Polls run as tasks bounded by one semaphore (`max_concurrent_polls`).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,53 +36,80 @@ pub trait PollTarget: Send + Sync + 'static {
     async fn poll(&self, poller: &str) -> Result<(), String>;
 }
 
-/// Asks a running scheduler to poll now.
+/// One poller as the scheduler knows it.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub name: String,
+    pub timing: Timing,
+    /// The repo as it may be logged (credentials stripped).
+    pub repo: String,
+}
+
+/// Talks to a running scheduler: forced polls and reloads.
 #[derive(Clone)]
 pub struct SchedulerHandle {
     commands: mpsc::UnboundedSender<Command>,
-    names: Arc<HashMap<String, usize>>,
+    names: Arc<RwLock<HashSet<String>>>,
 }
 
 impl SchedulerHandle {
     /// Polls `poller` now (or right after its running poll). False if there is no such poller.
     pub fn force(&self, poller: &str) -> bool {
-        match self.names.get(poller) {
-            Some(&index) => self.commands.send(Command::Force(index)).is_ok(),
-            None => false,
-        }
+        let known = self
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(poller);
+        known
+            && self
+                .commands
+                .send(Command::Force(poller.to_owned()))
+                .is_ok()
     }
 
     /// Polls every poller now.
     pub fn force_all(&self) {
-        for &index in self.names.values() {
-            let _ = self.commands.send(Command::Force(index));
-        }
+        let _ = self.commands.send(Command::ForceAll);
+    }
+
+    /// Replaces the schedule: pollers not in `pollers` stop, new ones start as at launch,
+    /// and those named in `restart` start over as at launch with their new timing. The
+    /// rest keep their place on the grid.
+    pub fn reload(&self, pollers: Vec<Scheduled>, restart: HashSet<String>) {
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) =
+            pollers.iter().map(|p| p.name.clone()).collect();
+        let _ = self.commands.send(Command::Reload { pollers, restart });
     }
 }
 
 enum Command {
-    Force(usize),
-    Finished(usize, Result<(), String>),
+    Force(String),
+    ForceAll,
+    Finished(String, Result<(), String>),
+    Reload {
+        pollers: Vec<Scheduled>,
+        restart: HashSet<String>,
+    },
 }
 
 /// One poller's place in the schedule.
 struct Slot {
-    name: String,
     timing: Timing,
+    repo: String,
     /// The grid point of the next regular poll.
     next_slot: Instant,
     /// `next_slot` plus this cycle's jitter: when the next regular poll is due.
     next_due: Instant,
     /// The poller's entry in the timer queue (due at `next_due`, or earlier for a retry).
-    timer: Option<Key>,
+    timer: Key,
     running: bool,
     rerun: bool,
     failures: u32,
 }
 
 pub struct Scheduler {
-    slots: Vec<Slot>,
-    timers: DelayQueue<usize>,
+    slots: HashMap<String, Slot>,
+    timers: DelayQueue<String>,
     commands: mpsc::UnboundedReceiver<Command>,
     sender: mpsc::UnboundedSender<Command>,
     handle: SchedulerHandle,
@@ -92,52 +119,61 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for the named pollers, starting now.
-    pub fn new(
-        pollers: impl IntoIterator<Item = (String, Timing)>,
-        max_concurrent_polls: usize,
-    ) -> Self {
-        let start = Instant::now();
-        let mut timers = DelayQueue::new();
-        let mut slots = Vec::new();
-        let mut names = HashMap::new();
-        for (index, (name, timing)) in pollers.into_iter().enumerate() {
-            let first_slot = if timing.at_launch {
-                start
-            } else {
-                start + timing.interval
-            };
-            let next_due = first_slot + jitter(&timing);
-            let timer = Some(timers.insert_at(index, next_due));
-            names.insert(name.clone(), index);
-            slots.push(Slot {
-                name,
-                timing,
-                next_slot: first_slot,
-                next_due,
-                timer,
-                running: false,
-                rerun: false,
-                failures: 0,
-            });
-        }
+    pub fn new(pollers: impl IntoIterator<Item = Scheduled>, max_concurrent_polls: usize) -> Self {
         let (sender, commands) = mpsc::unbounded_channel();
         let handle = SchedulerHandle {
             commands: sender.clone(),
-            names: Arc::new(names),
+            names: Arc::default(),
         };
-        Scheduler {
-            slots,
-            timers,
+        let mut scheduler = Scheduler {
+            slots: HashMap::new(),
+            timers: DelayQueue::new(),
             commands,
             sender,
             handle,
             permits: Arc::new(Semaphore::new(max_concurrent_polls.max(1))),
             polls: JoinSet::new(),
+        };
+        let now = Instant::now();
+        let mut names = HashSet::new();
+        for poller in pollers {
+            names.insert(poller.name.clone());
+            scheduler.add(poller, now);
         }
+        *scheduler
+            .handle
+            .names
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = names;
+        scheduler
     }
 
     pub fn handle(&self) -> SchedulerHandle {
         self.handle.clone()
+    }
+
+    /// Schedules a poller as at launch: its grid starts `now`.
+    fn add(&mut self, Scheduled { name, timing, repo }: Scheduled, now: Instant) {
+        let next_slot = if timing.at_launch {
+            now
+        } else {
+            now + timing.interval
+        };
+        let next_due = next_slot + jitter(&timing);
+        let timer = self.timers.insert_at(name.clone(), next_due);
+        self.slots.insert(
+            name,
+            Slot {
+                timing,
+                repo,
+                next_slot,
+                next_due,
+                timer,
+                running: false,
+                rerun: false,
+                failures: 0,
+            },
+        );
     }
 
     /// Schedules polls until `shutdown` is cancelled, then waits up to `grace` for the
@@ -153,8 +189,15 @@ impl Scheduler {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(command) = self.commands.recv() => match command {
-                    Command::Force(index) => self.start_poll(index, &target),
-                    Command::Finished(index, result) => self.finished(index, result, &target),
+                    Command::Force(name) => self.start_poll(&name, &target),
+                    Command::ForceAll => {
+                        let names: Vec<String> = self.slots.keys().cloned().collect();
+                        for name in names {
+                            self.start_poll(&name, &target);
+                        }
+                    }
+                    Command::Finished(name, result) => self.finished(&name, result, &target),
+                    Command::Reload { pollers, restart } => self.reload(pollers, &restart),
                 },
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
                     self.due(expired.into_inner(), &target);
@@ -173,10 +216,47 @@ impl Scheduler {
         }
     }
 
-    /// A timer fired: a regular poll (then the grid moves on) or a retry.
-    fn due(&mut self, index: usize, target: &Arc<dyn PollTarget>) {
+    fn reload(&mut self, pollers: Vec<Scheduled>, restart: &HashSet<String>) {
         let now = Instant::now();
-        let slot = &mut self.slots[index];
+        let wanted: HashSet<&String> = pollers.iter().map(|p| &p.name).collect();
+        let removed: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|name| !wanted.contains(name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(slot) = self.slots.remove(&name) {
+                self.timers.remove(&slot.timer);
+            }
+        }
+        for poller in pollers {
+            let name = poller.name.clone();
+            match self.slots.get(&name) {
+                None => self.add(poller, now),
+                Some(_) if restart.contains(&name) => {
+                    // Keep `running` so a poll in flight is never doubled; the restarted
+                    // schedule takes over when it ends.
+                    let old = self.slots.remove(&name);
+                    if let Some(old) = &old {
+                        self.timers.remove(&old.timer);
+                    }
+                    self.add(poller, now);
+                    if let (Some(old), Some(slot)) = (old, self.slots.get_mut(&name)) {
+                        slot.running = old.running;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// A timer fired: a regular poll (then the grid moves on) or a retry.
+    fn due(&mut self, name: String, target: &Arc<dyn PollTarget>) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
         if now >= slot.next_due {
             let interval = slot.timing.interval;
             slot.next_slot += interval;
@@ -187,18 +267,20 @@ impl Scheduler {
             }
             slot.next_due = slot.next_slot + jitter(&slot.timing);
         }
-        slot.timer = Some(self.timers.insert_at(index, slot.next_due));
-        self.start_poll(index, target);
+        slot.timer = self.timers.insert_at(name.clone(), slot.next_due);
+        self.start_poll(&name, target);
     }
 
-    fn start_poll(&mut self, index: usize, target: &Arc<dyn PollTarget>) {
-        let slot = &mut self.slots[index];
+    fn start_poll(&mut self, name: &str, target: &Arc<dyn PollTarget>) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
         if slot.running {
             slot.rerun = true;
             return;
         }
         slot.running = true;
-        let name = slot.name.clone();
+        let name = name.to_owned();
         let target = Arc::clone(target);
         let permits = Arc::clone(&self.permits);
         let finished = self.sender.clone();
@@ -207,19 +289,22 @@ impl Scheduler {
                 Ok(_permit) => target.poll(&name).await,
                 Err(_) => Err("scheduler is shutting down".to_owned()),
             };
-            let _ = finished.send(Command::Finished(index, result));
+            let _ = finished.send(Command::Finished(name, result));
         });
         // Reap finished tasks so the set does not grow with every poll.
         while self.polls.try_join_next().is_some() {}
     }
 
-    fn finished(&mut self, index: usize, result: Result<(), String>, target: &Arc<dyn PollTarget>) {
-        let slot = &mut self.slots[index];
+    fn finished(&mut self, name: &str, result: Result<(), String>, target: &Arc<dyn PollTarget>) {
+        // A poller removed by a reload while it polled has no slot any more.
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
         slot.running = false;
         match result {
             Ok(()) => {
                 if slot.failures > 0 {
-                    tracing::info!(poller = %slot.name, failures = slot.failures, "poller recovered");
+                    tracing::info!(poller = %name, repo = %slot.repo, failures = slot.failures, "poller recovered");
                 }
                 slot.failures = 0;
             }
@@ -228,21 +313,18 @@ impl Scheduler {
                 let retry_in =
                     backoff::exponential(slot.failures, RETRY_BASE, slot.timing.interval);
                 if slot.failures == 1 {
-                    tracing::warn!(poller = %slot.name, error = %cause, retry_in = %humantime::format_duration(retry_in), "poll failed; retrying with backoff until it succeeds");
+                    tracing::warn!(poller = %name, repo = %slot.repo, error = %cause, retry_in = %humantime::format_duration(retry_in), "poll failed; retrying with backoff until it succeeds");
                 } else {
-                    tracing::debug!(poller = %slot.name, error = %cause, failures = slot.failures, "poll failed again");
+                    tracing::debug!(poller = %name, repo = %slot.repo, error = %cause, failures = slot.failures, "poll failed again");
                 }
                 let retry_at = Instant::now() + retry_in;
                 if retry_at < slot.next_due {
-                    match &slot.timer {
-                        Some(key) => self.timers.reset_at(key, retry_at),
-                        None => slot.timer = Some(self.timers.insert_at(index, retry_at)),
-                    }
+                    self.timers.reset_at(&slot.timer, retry_at);
                 }
             }
         }
-        if std::mem::take(&mut self.slots[index].rerun) {
-            self.start_poll(index, target);
+        if std::mem::take(&mut slot.rerun) {
+            self.start_poll(name, target);
         }
     }
 }
@@ -329,10 +411,12 @@ mod tests {
         max_concurrent: usize,
         during: impl FnOnce(SchedulerHandle) -> tokio::task::JoinHandle<()>,
     ) {
-        let scheduler = Scheduler::new(
-            pollers.into_iter().map(|(n, t)| (n.to_owned(), t)),
-            max_concurrent,
-        );
+        let scheduled = pollers.into_iter().map(|(name, timing)| Scheduled {
+            name: name.to_owned(),
+            timing,
+            repo: format!("/srv/{name}"),
+        });
+        let scheduler = Scheduler::new(scheduled, max_concurrent);
         let shutdown = CancellationToken::new();
         let helper = during(scheduler.handle());
         let target: Arc<dyn PollTarget> = recorder.clone();
@@ -437,6 +521,34 @@ mod tests {
         // 50 during the second: one rerun at 50.
         assert_near(&recorder.times("a"), &[0, 25_000, 50_000]);
         assert_eq!(*recorder.max_running.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_unchanged_pollers_on_their_grid() {
+        let recorder = Recorder::new(Duration::from_millis(10));
+        let pollers = vec![
+            ("a", timing(10, true)),
+            ("b", timing(10, true)),
+            ("x", timing(10, true)),
+        ];
+        run_for(32, &recorder, pollers, 8, |handle| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                let entry = |name: &str, interval| Scheduled {
+                    name: name.to_owned(),
+                    timing: timing(interval, true),
+                    repo: String::new(),
+                };
+                let restart = HashSet::from(["b".to_owned()]);
+                handle.reload(vec![entry("a", 10), entry("b", 7), entry("c", 10)], restart);
+                assert!(!handle.force("x"), "a removed poller cannot be forced");
+            })
+        })
+        .await;
+        assert_near(&recorder.times("a"), &[0, 10_000, 20_000, 30_000]);
+        assert_near(&recorder.times("b"), &[0, 10_000, 15_000, 22_000, 29_000]);
+        assert_near(&recorder.times("x"), &[0, 10_000]);
+        assert_near(&recorder.times("c"), &[15_000, 25_000]);
     }
 
     #[tokio::test(start_paused = true)]

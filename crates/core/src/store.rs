@@ -103,7 +103,8 @@ pub struct StoredStatus {
     pub last_error: Option<String>,
     pub pending: u64,
     pub dead_letters: u64,
-    /// The sink's last complaint about this poller's oldest waiting change.
+    /// Why this poller's oldest waiting change has not been delivered yet, else why its
+    /// latest dead letter was refused.
     pub last_delivery_error: Option<String>,
 }
 
@@ -199,6 +200,37 @@ impl Store {
         }
         transaction.commit()?;
         Ok(())
+    }
+
+    /// Removes a poller's cursor: its next poll is a first poll.
+    pub fn forget_cursor(&self, poller: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM cursors WHERE poller = ?1", [poller])?;
+        Ok(())
+    }
+
+    /// (pending, dead letters) per poller that has any.
+    pub fn queue_counts(&self) -> Result<HashMap<String, (u64, u64)>, StoreError> {
+        let connection = self.lock();
+        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+        for (table, dead) in [("outbox", false), ("dead_letters", true)] {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT poller, COUNT(*) FROM {table} GROUP BY poller"
+            ))?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (poller, count) = row?;
+                let entry = counts.entry(poller).or_default();
+                if dead {
+                    entry.1 = count as u64;
+                } else {
+                    entry.0 = count as u64;
+                }
+            }
+        }
+        Ok(counts)
     }
 
     /// Up to `limit` queued changes, oldest first.
@@ -329,13 +361,22 @@ impl Store {
                 [poller],
                 |row| row.get(0),
             )?;
+            // The oldest waiting change's failure (what blocks delivery now), else the
+            // newest refusal.
             let last_delivery_error: Option<String> = connection
                 .query_row(
                     "SELECT last_error FROM outbox WHERE poller = ?1 AND last_error IS NOT NULL ORDER BY seq LIMIT 1",
                     [poller],
                     |row| row.get(0),
                 )
-                .optional()?;
+                .optional()?
+                .or(connection
+                    .query_row(
+                        "SELECT 'refused: ' || error FROM dead_letters WHERE poller = ?1 ORDER BY failed_at DESC, seq DESC LIMIT 1",
+                        [poller],
+                        |row| row.get(0),
+                    )
+                    .optional()?);
             statuses.push(StoredStatus {
                 cursor: cursor.map(|c| serde_json::from_str(&c)).transpose()?,
                 last_poll,

@@ -1,16 +1,19 @@
 //! The `polld` command: parses the command line, loads the config, and hands over to
 //! the core. Backends are registered in [`registry`], one line each.
 
+mod control;
 mod logging;
 mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use polld_core::config::{self, Config};
+use polld_core::daemon::{Control, ReloadSummary};
 use polld_core::{Registry, daemon};
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +69,7 @@ fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(polld_git::GitBackend::new());
     registry.register(polld_svn::SvnBackend::new());
+    registry.register(polld_hg::HgBackend::new());
     registry
 }
 
@@ -76,7 +80,9 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let config = match config::load(&cli.config, &registry()) {
+    let config_path = cli.config.clone();
+    let load: control::Loader = Arc::new(move || config::load(&config_path, &registry()));
+    let config = match load() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("polld: {error}");
@@ -98,7 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let result = runtime.block_on(dispatch(cli.command.unwrap_or(Command::Run), &config));
+    let result = runtime.block_on(dispatch(cli.command.unwrap_or(Command::Run), config, load));
     // A poll abandoned at shutdown may still hold a blocking thread: don't wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -110,9 +116,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+async fn dispatch(
+    command: Command,
+    config: Config,
+    load: control::Loader,
+) -> anyhow::Result<ExitCode> {
+    let config = &config;
     match command {
-        Command::Run => run(config).await,
+        Command::Run => run(config.clone(), load).await,
         Command::Check => {
             status::print_check(config);
             Ok(ExitCode::SUCCESS)
@@ -130,13 +141,86 @@ async fn dispatch(command: Command, config: &Config) -> anyhow::Result<ExitCode>
     }
 }
 
-async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+async fn run(config: Config, load: control::Loader) -> anyhow::Result<ExitCode> {
+    let token = match &config.daemon.token_env {
+        Some(variable) => match std::env::var(variable) {
+            Ok(token) if !token.is_empty() => Some(token),
+            _ => {
+                eprintln!(
+                    "polld: token_env names {variable}, which is not set or empty; refusing to serve the control endpoint without its token"
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        },
+        None => None,
+    };
+    let listen = config.daemon.listen;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signals(shutdown.clone()));
-    daemon::run(config, shutdown, |_scheduler| {})
-        .await
-        .context("polld run")?;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let daemon = tokio::spawn(daemon::run(config, shutdown.clone(), move |control| {
+        let _ = started_tx.send(control);
+    }));
+    let Ok(control) = started_rx.await else {
+        // The daemon stopped before it started: its error says why.
+        daemon.await.context("polld run")?.context("polld run")?;
+        return Ok(ExitCode::FAILURE);
+    };
+    let server = match listen {
+        Some(address) => {
+            let served = control::serve(
+                address,
+                Arc::clone(&control),
+                token,
+                Arc::clone(&load),
+                shutdown.clone(),
+            )
+            .await;
+            match served {
+                Ok(server) => Some(server),
+                Err(error) => {
+                    shutdown.cancel();
+                    let _ = daemon.await;
+                    anyhow::bail!("cannot listen on {address}: {error}");
+                }
+            }
+        }
+        None => None,
+    };
+    tokio::spawn(handle_signals(shutdown.clone(), control, load));
+    daemon.await.context("polld run")?.context("polld run")?;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the config file again and switches the running daemon to it; a config that
+/// does not load is refused and the running one stays.
+async fn reload(control: &Control, load: &control::Loader) -> Result<ReloadSummary, String> {
+    let load = Arc::clone(load);
+    let loaded = tokio::task::spawn_blocking(move || load())
+        .await
+        .map_err(|e| format!("reload failed: {e}"))?;
+    match loaded {
+        Ok(config) => {
+            let summary = control.reload(config).await;
+            tracing::info!(
+                added = ?summary.added,
+                removed = ?summary.removed,
+                restarted = ?summary.restarted,
+                unchanged = summary.unchanged,
+                "config reloaded"
+            );
+            if !summary.needs_restart.is_empty() {
+                tracing::warn!(sections = ?summary.needs_restart, "these settings changed but take effect only after a restart");
+            }
+            Ok(summary)
+        }
+        Err(error) => {
+            tracing::error!(%error, "reload refused; the running config stays");
+            Err(error.to_string())
+        }
+    }
 }
 
 async fn once(config: &Config, names: &[String]) -> anyhow::Result<ExitCode> {
@@ -166,8 +250,8 @@ async fn once(config: &Config, names: &[String]) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signals(shutdown: CancellationToken) {
+/// SIGINT and SIGTERM stop the daemon; SIGHUP reloads its config.
+async fn handle_signals(shutdown: CancellationToken, control: Arc<Control>, load: control::Loader) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::terminate()),
@@ -181,8 +265,10 @@ async fn stop_on_signals(shutdown: CancellationToken) {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
             _ = hangup.recv() => {
-                tracing::warn!("SIGHUP: this version does not reload its config; restart polld to apply changes");
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = reload(&control, &load).await;
             }
+            () = shutdown.cancelled() => return,
         }
     }
     tracing::info!("stopping: no new polls; waiting for the ones in flight");

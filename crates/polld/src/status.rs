@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use polld_core::config::Config;
 use polld_core::store::{Store, StoredStatus};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// One line per poller: what it watches and when.
 pub fn print_check(config: &Config) {
@@ -88,6 +88,30 @@ pub fn print_status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `{"pollers": [...]}`: what `status --json` prints and `GET /status` answers.
+pub fn json(config: &Config, statuses: &[StoredStatus]) -> Value {
+    let pollers: Vec<Value> = config
+        .pollers
+        .iter()
+        .zip(statuses)
+        .map(|(poller, status)| {
+            json!({
+                "name": poller.name,
+                "type": poller.vcs,
+                "repo": poller.display_repo(),
+                "cursor": status.cursor,
+                "last_poll": status.last_poll,
+                "last_success": status.last_success,
+                "last_error": status.last_error,
+                "pending": status.pending,
+                "dead_letters": status.dead_letters,
+                "last_delivery_error": status.last_delivery_error,
+            })
+        })
+        .collect();
+    json!({ "pollers": pollers })
 }
 
 fn time(unix: Option<i64>) -> String {

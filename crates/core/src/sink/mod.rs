@@ -4,16 +4,21 @@
 //! delivery loop deletes exactly those from the outbox, so a change leaves the store only
 //! after its sink has it. HTTP sinks plug in here as further [`SinkConfig`] variants.
 
+mod buildbot;
+mod http;
 mod jsonl;
 mod stdout;
+mod webhook;
 
 use async_trait::async_trait;
 
 use crate::config::SinkConfig;
 use crate::model::Change;
 
+pub use buildbot::BuildbotSink;
 pub use jsonl::JsonlSink;
 pub use stdout::StdoutSink;
+pub use webhook::{SIGNATURE_HEADER, WebhookSink, signature};
 
 /// A destination for change records.
 #[async_trait]
@@ -42,11 +47,42 @@ pub enum SinkError {
 }
 
 /// Opens the configured sink. Sinks connect lazily: a sink that is down at start is a
-/// delivery failure to retry, not a startup error.
-pub fn open(config: &SinkConfig) -> Box<dyn Sink> {
-    match config {
+/// delivery failure to retry, not a startup error. The error is for a config that
+/// [`validate`] would have refused.
+pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
+    Ok(match config {
         SinkConfig::Stdout => Box::new(StdoutSink::new()),
         SinkConfig::Jsonl { path } => Box::new(JsonlSink::new(path.clone())),
+        SinkConfig::Buildbot(config) => Box::new(BuildbotSink::new(config.clone())?),
+        SinkConfig::Webhook(config) => Box::new(WebhookSink::new(config.clone())?),
+    })
+}
+
+/// Checks what serde cannot: URLs and header names, at config load time.
+pub(crate) fn validate(config: &SinkConfig) -> Result<(), String> {
+    let check_url = |url: &str| match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
+        Ok(parsed) => Err(format!(
+            "url must be http or https, not {}",
+            parsed.scheme()
+        )),
+        Err(error) => Err(format!(
+            "invalid url {:?}: {error}",
+            crate::redact::strip_userinfo(url)
+        )),
+    };
+    match config {
+        SinkConfig::Stdout | SinkConfig::Jsonl { .. } => Ok(()),
+        SinkConfig::Buildbot(config) => {
+            if config.password_env.is_some() && config.username.is_none() {
+                return Err("password_env needs a username".into());
+            }
+            check_url(&config.url)
+        }
+        SinkConfig::Webhook(config) => {
+            check_url(&config.url)?;
+            webhook::header_map(config).map(|_| ())
+        }
     }
 }
 

@@ -1,0 +1,87 @@
+//! What the HTTP sinks share: one pooled client, and one reading of HTTP answers.
+//!
+//! A 2xx acknowledges. Connection errors, timeouts, 429 and 5xx mean "not now": the
+//! change is retried, in order. Any other 4xx means the receiver will never take this
+//! change: it is dead-lettered so it does not block the rest. A redirect is not
+//! followed (a POST must not silently change destination) and is retried as "not now",
+//! with a message that says to fix the URL.
+
+use std::time::Duration;
+
+use reqwest::{Client, RequestBuilder, StatusCode};
+
+use super::SinkError;
+
+/// Requests that take longer than this fail and are retried.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of an error response's body is kept for logs and `polld status`.
+const BODY_EXCERPT: usize = 300;
+
+pub(crate) fn client(timeout: Option<Duration>) -> Result<Client, String> {
+    Client::builder()
+        .timeout(timeout.unwrap_or(DEFAULT_TIMEOUT))
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("polld/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Sends one request and turns the answer into an acknowledgement or a [`SinkError`].
+pub(crate) async fn send(request: RequestBuilder) -> Result<(), SinkError> {
+    let response = match request.send().await {
+        Ok(response) => response,
+        // The URL is left out: it may carry credentials, and the config names it anyway.
+        Err(error) => return Err(SinkError::Unavailable(describe(&error.without_url()))),
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    let body = response.text().await.unwrap_or_default();
+    let excerpt: String = body.trim().chars().take(BODY_EXCERPT).collect();
+    let message = if excerpt.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {excerpt}")
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(SinkError::Unavailable(message))
+    } else if status.is_redirection() {
+        Err(SinkError::Unavailable(format!(
+            "HTTP {status}, redirected to {}: polld does not follow redirects for POST; set the sink url to the final address",
+            location.as_deref().unwrap_or("?")
+        )))
+    } else if status.is_client_error() {
+        Err(SinkError::Refused(message))
+    } else {
+        Err(SinkError::Unavailable(message))
+    }
+}
+
+/// The error and its causes on one line ("error sending request: connection refused").
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads a secret from the environment at send time, so rotating it needs no restart.
+pub(crate) fn secret(variable: &str, key: &str) -> Result<String, SinkError> {
+    std::env::var(variable).map_err(|_| {
+        SinkError::Unavailable(format!(
+            "environment variable {variable} (named by {key}) is not set"
+        ))
+    })
+}
