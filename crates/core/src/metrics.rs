@@ -152,9 +152,7 @@ impl Metrics {
         let label = PollerLabel {
             poller: poller.to_owned(),
         };
-        for family in [&self.changes] {
-            family.remove(&label);
-        }
+        self.changes.remove(&label);
         for family in [
             &self.last_success,
             &self.failure_streak,

@@ -1,0 +1,247 @@
+//! The backend driven directly (no binary): outcomes and cursors against real
+//! repositories, credentials carried in the URL, and a server that never answers.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use polld_core::{Backend, Cursor, PollOutcome, Poller, PollerContext};
+use polld_svn::{SvnBackend, SvnConfig};
+use serde_json::json;
+use tempfile::TempDir;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A repository under a temp dir, written to with `svnmucc` over file://.
+struct Repo {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        run(Command::new("svnadmin").arg("create").arg(&path));
+        Repo { dir, path }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    /// `svnmucc` actions as one revision by `ada`.
+    fn mucc(&self, actions: &[&str], msg: &str) {
+        let config = self.dir.path().join("client-config");
+        run(Command::new("svnmucc")
+            .arg("--config-dir")
+            .arg(&config)
+            .args(["--non-interactive", "--username", "ada", "-m", msg, "-U"])
+            .arg(self.url())
+            .args(actions));
+    }
+
+    fn put(&self, path: &str, content: &str, msg: &str) {
+        let file = self.dir.path().join("content");
+        std::fs::write(&file, content).unwrap();
+        self.mucc(&["put", file.to_str().unwrap(), path], msg);
+    }
+}
+
+fn poller(repo: &str, config: SvnConfig, backend: SvnBackend, state: &Path) -> Arc<dyn Poller> {
+    backend
+        .build(
+            PollerContext {
+                name: "p".into(),
+                repo: repo.into(),
+                config_dir: state.to_path_buf(),
+                mirror_dir: state.join("mirrors").join("p"),
+            },
+            config,
+        )
+        .unwrap_or_else(|e| panic!("build: {e}"))
+}
+
+fn advanced(outcome: PollOutcome) -> (Cursor, Vec<polld_core::NewChange>) {
+    match outcome {
+        PollOutcome::Advanced { cursor, changes } => (cursor, changes),
+        PollOutcome::Unchanged => panic!("expected the poll to advance"),
+    }
+}
+
+#[tokio::test]
+async fn outcomes_and_cursor_over_file_urls() {
+    let repo = Repo::new();
+    repo.mucc(&["mkdir", "trunk", "mkdir", "branches"], "Layout");
+    let state = tempfile::tempdir().unwrap();
+    let config = SvnConfig {
+        split: polld_svn::Split::Branches,
+        ..SvnConfig::default()
+    };
+    let p = poller(&repo.url(), config, SvnBackend::new(), state.path());
+
+    let (cursor, changes) = advanced(p.poll(None).await.unwrap());
+    assert_eq!(cursor.0, json!({"revision": 1}));
+    assert!(changes.is_empty(), "the first poll reports nothing");
+    assert!(
+        state.path().join("mirrors/p/svn-config").is_dir(),
+        "svn's private config dir"
+    );
+    assert_eq!(p.poll(Some(&cursor)).await.unwrap(), PollOutcome::Unchanged);
+
+    repo.put("trunk/a.c", "a\n", "Add a.c\n\n");
+    repo.mucc(&["cp", "2", "trunk", "branches/b"], "Branch b");
+    repo.put("branches/b/a.c", "b\n", "");
+    let (cursor, changes) = advanced(p.poll(Some(&cursor)).await.unwrap());
+    assert_eq!(cursor.0, json!({"revision": 4}));
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0].revision, "2");
+    assert_eq!(changes[0].branch, None);
+    assert_eq!(changes[0].files, ["a.c"]);
+    assert_eq!(changes[0].comments, "Add a.c");
+    assert_eq!(changes[0].author, "ada");
+    assert_eq!(changes[0].committer, None);
+    assert_eq!(changes[0].project, None);
+    assert_eq!(changes[1].revision, "4");
+    assert_eq!(changes[1].branch.as_deref(), Some("branches/b"));
+    assert_eq!(changes[1].comments, "");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - changes[1].when_timestamp).abs() < 600, "{changes:?}");
+
+    // A cursor from elsewhere is an error, not a guess.
+    let foreign = Cursor(json!({"refs": {}}));
+    let error = p.poll(Some(&foreign)).await.unwrap_err().to_string();
+    assert!(error.contains("not an svn cursor"), "{error}");
+    // A missing repository: svn's own words.
+    let gone = poller(
+        &format!("{}-gone", repo.url()),
+        SvnConfig::default(),
+        SvnBackend::new(),
+        state.path(),
+    );
+    let error = gone.poll(None).await.unwrap_err().to_string();
+    assert!(
+        error.contains("`svn info` failed") && error.contains("E180001"),
+        "{error}"
+    );
+}
+
+/// `svnserve` in the foreground on a free port, requiring `alice`/`password`.
+struct Svnserve(Child, u16);
+
+impl Svnserve {
+    fn start(root: &Path, repo: &Path, password: &str) -> Svnserve {
+        std::fs::write(
+            repo.join("conf/svnserve.conf"),
+            "[general]\nanon-access = none\nauth-access = write\npassword-db = passwd\n",
+        )
+        .unwrap();
+        std::fs::write(
+            repo.join("conf/passwd"),
+            format!("[users]\nalice = {password}\n"),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("svnserve")
+            .args([
+                "-d",
+                "--foreground",
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+            ])
+            .arg(port.to_string())
+            .arg("-r")
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "svnserve did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Svnserve(child, port)
+    }
+}
+
+impl Drop for Svnserve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_work_and_never_show() {
+    let repo = Repo::new();
+    repo.put("a", "a\n", "One");
+    let server = Svnserve::start(repo.dir.path(), &repo.path, "s3cr3t-pässword");
+    let state = tempfile::tempdir().unwrap();
+
+    let good = format!(
+        "svn://alice:s3cr3t-p%C3%A4ssword@127.0.0.1:{}/repo",
+        server.1
+    );
+    let p = poller(&good, SvnConfig::default(), SvnBackend::new(), state.path());
+    let (cursor, _) = advanced(p.poll(None).await.unwrap());
+    assert_eq!(cursor.0, json!({"revision": 1}));
+
+    let bad = format!("svn://alice:n0t-it@127.0.0.1:{}/repo", server.1);
+    let p = poller(&bad, SvnConfig::default(), SvnBackend::new(), state.path());
+    let error = p.poll(None).await.unwrap_err().to_string();
+    assert!(error.contains("Password incorrect"), "{error}");
+    assert!(!error.contains("n0t-it"), "{error}");
+    assert!(!error.contains("alice:"), "{error}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    // Accepts connections and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(1) {
+            held.push(stream);
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let backend = SvnBackend::with_timeout(Duration::from_secs(1));
+    let p = poller(
+        &format!("svn://127.0.0.1:{port}/repo"),
+        SvnConfig::default(),
+        backend,
+        state.path(),
+    );
+    let started = Instant::now();
+    let error = p.poll(None).await.unwrap_err().to_string();
+    let took = started.elapsed();
+    assert!(error.contains("did not finish within 1s"), "{error}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    drop(holder);
+}
