@@ -299,6 +299,7 @@ fn scheduled(config: &Config) -> Vec<Scheduled> {
             name: p.name.clone(),
             timing: p.timing,
             repo: p.display_repo(),
+            offset: crate::scheduler::spread(&p.name, p.timing.interval),
         })
         .collect()
 }

@@ -43,6 +43,20 @@ pub struct Scheduled {
     pub timing: Timing,
     /// The repo as it may be logged (credentials stripped).
     pub repo: String,
+    /// Where in each interval this poller's regular polls fall (see [`spread`]).
+    pub offset: Duration,
+}
+
+/// A stable offset in `0..interval` derived from the poller's name, as Jenkins' `H`
+/// does: pollers with the same interval spread evenly over it instead of all firing in
+/// the same second, and a poller keeps its phase across restarts.
+pub fn spread(name: &str, interval: Duration) -> Duration {
+    // FNV-1a: tiny, stable across platforms and releases (unlike std's hasher).
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let nanos = interval.as_nanos().max(1);
+    Duration::from_nanos((u128::from(hash) % nanos) as u64)
 }
 
 /// Talks to a running scheduler: forced polls and reloads.
@@ -153,13 +167,15 @@ impl Scheduler {
     }
 
     /// Schedules a poller as at launch: its grid starts `now`.
-    fn add(&mut self, Scheduled { name, timing, repo }: Scheduled, now: Instant) {
-        let next_slot = if timing.at_launch {
-            now
-        } else {
-            now + timing.interval
-        };
-        let next_due = next_slot + jitter(&timing);
+    /// Schedules a poller as at launch: its grid starts `offset` after `now`, and with
+    /// `at_launch` one extra poll comes first, right away (plus jitter).
+    fn add(&mut self, Scheduled { name, timing, repo, offset }: Scheduled, now: Instant) {
+        let mut next_slot = now + offset;
+        if !timing.at_launch && offset.is_zero() {
+            // Without a launch poll, the first poll is the first slot after launch.
+            next_slot += timing.interval;
+        }
+        let next_due = if timing.at_launch { now } else { next_slot } + jitter(&timing);
         let timer = self.timers.insert_at(name.clone(), next_due);
         self.slots.insert(
             name,
@@ -258,12 +274,11 @@ impl Scheduler {
             return;
         };
         if now >= slot.next_due {
-            let interval = slot.timing.interval;
-            slot.next_slot += interval;
-            // After a stall (a suspended laptop, an overloaded host) skip missed slots
-            // rather than polling in a burst to catch up.
+            // The regular poll (or the launch poll) is due: the next one is the first
+            // grid slot after now. After a stall (a suspended laptop, an overloaded host)
+            // this skips missed slots rather than polling in a burst to catch up.
             while slot.next_slot <= now {
-                slot.next_slot += interval;
+                slot.next_slot += slot.timing.interval;
             }
             slot.next_due = slot.next_slot + jitter(&slot.timing);
         }
@@ -415,6 +430,7 @@ mod tests {
             name: name.to_owned(),
             timing,
             repo: format!("/srv/{name}"),
+            offset: Duration::ZERO,
         });
         let scheduler = Scheduler::new(scheduled, max_concurrent);
         let shutdown = CancellationToken::new();
@@ -538,6 +554,7 @@ mod tests {
                     name: name.to_owned(),
                     timing: timing(interval, true),
                     repo: String::new(),
+                    offset: Duration::ZERO,
                 };
                 let restart = HashSet::from(["b".to_owned()]);
                 handle.reload(vec![entry("a", 10), entry("b", 7), entry("c", 10)], restart);
@@ -549,6 +566,39 @@ mod tests {
         assert_near(&recorder.times("b"), &[0, 10_000, 15_000, 22_000, 29_000]);
         assert_near(&recorder.times("x"), &[0, 10_000]);
         assert_near(&recorder.times("c"), &[15_000, 25_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offsets_spread_pollers_over_the_interval() {
+        let recorder = Recorder::new(Duration::from_millis(10));
+        let scheduled = |name: &str, offset: u64, at_launch| Scheduled {
+            name: name.to_owned(),
+            timing: timing(10, at_launch),
+            repo: String::new(),
+            offset: Duration::from_secs(offset),
+        };
+        let scheduler = Scheduler::new([scheduled("a", 3, true), scheduled("b", 7, false)], 8);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            stop.cancel();
+        });
+        let target: Arc<dyn PollTarget> = recorder.clone();
+        scheduler.run(target, shutdown, Duration::from_secs(1)).await;
+        // `a` polls at launch, then on its own phase; `b` waits for its first slot.
+        assert_near(&recorder.times("a"), &[0, 3_000, 13_000, 23_000]);
+        assert_near(&recorder.times("b"), &[7_000, 17_000]);
+    }
+
+    #[test]
+    fn spread_is_stable_and_spreads() {
+        let interval = Duration::from_secs(60);
+        assert_eq!(spread("app", interval), spread("app", interval));
+        let seconds: std::collections::HashSet<u64> =
+            (0..1000).map(|i| spread(&format!("repo-{i}"), interval).as_secs()).collect();
+        assert!(seconds.len() >= 55, "1000 names should cover most of 60 seconds: {}", seconds.len());
+        assert!(seconds.iter().all(|s| *s < 60));
     }
 
     #[tokio::test(start_paused = true)]
