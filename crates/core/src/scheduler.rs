@@ -166,10 +166,18 @@ impl Scheduler {
         self.handle.clone()
     }
 
-    /// Schedules a poller as at launch: its grid starts `now`.
     /// Schedules a poller as at launch: its grid starts `offset` after `now`, and with
     /// `at_launch` one extra poll comes first, right away (plus jitter).
-    fn add(&mut self, Scheduled { name, timing, repo, offset }: Scheduled, now: Instant) {
+    fn add(
+        &mut self,
+        Scheduled {
+            name,
+            timing,
+            repo,
+            offset,
+        }: Scheduled,
+        now: Instant,
+    ) {
         let mut next_slot = now + offset;
         if !timing.at_launch && offset.is_zero() {
             // Without a launch poll, the first poll is the first slot after launch.
@@ -585,7 +593,9 @@ mod tests {
             stop.cancel();
         });
         let target: Arc<dyn PollTarget> = recorder.clone();
-        scheduler.run(target, shutdown, Duration::from_secs(1)).await;
+        scheduler
+            .run(target, shutdown, Duration::from_secs(1))
+            .await;
         // `a` polls at launch, then on its own phase; `b` waits for its first slot.
         assert_near(&recorder.times("a"), &[0, 3_000, 13_000, 23_000]);
         assert_near(&recorder.times("b"), &[7_000, 17_000]);
@@ -595,9 +605,14 @@ mod tests {
     fn spread_is_stable_and_spreads() {
         let interval = Duration::from_secs(60);
         assert_eq!(spread("app", interval), spread("app", interval));
-        let seconds: std::collections::HashSet<u64> =
-            (0..1000).map(|i| spread(&format!("repo-{i}"), interval).as_secs()).collect();
-        assert!(seconds.len() >= 55, "1000 names should cover most of 60 seconds: {}", seconds.len());
+        let seconds: std::collections::HashSet<u64> = (0..1000)
+            .map(|i| spread(&format!("repo-{i}"), interval).as_secs())
+            .collect();
+        assert!(
+            seconds.len() >= 55,
+            "1000 names should cover most of 60 seconds: {}",
+            seconds.len()
+        );
         assert!(seconds.iter().all(|s| *s < 60));
     }
 

@@ -1,0 +1,388 @@
+//! The per-poller directory: polld's private hg configuration and a local mirror.
+//!
+//! ```text
+//! <state_dir>/mirrors/<poller>/hgrc            the only hgrc polld's hg commands read
+//! <state_dir>/mirrors/<poller>/polld_heads.py  the extension behind `hg polld-heads`
+//! <state_dir>/mirrors/<poller>/repo/           the mirror (`hg init`, then pulls)
+//! ```
+//!
+//! The mirror receives the watched heads (`hg pull -r <node>...`: exactly the
+//! changesets the check saw, even if the remote moves meanwhile) and is never stripped,
+//! so a head that disappears from the remote can still bound the next walk. Deleting
+//! the whole directory is safe: the next poll that needs it rebuilds it.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::Timeouts;
+use crate::error::HgError;
+use crate::hg::{Hg, Invocation};
+
+const EXTENSION: &str = include_str!("polld_heads.py");
+
+/// One changeset as the mirror's `hg log` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Changeset {
+    pub(crate) node: String,
+    pub(crate) branch: String,
+    pub(crate) author: String,
+    pub(crate) when: i64,
+    pub(crate) parents: Vec<String>,
+    /// Added, modified and removed against the first parent, sorted.
+    pub(crate) files: Vec<String>,
+    pub(crate) desc: String,
+}
+
+/// NUL-terminated fields (hg forbids NUL in every one of them, and newlines in paths),
+/// description last. `date|hgdate` is `<unix seconds> <tz offset>`.
+const TEMPLATE: &str = "{node}\\0{branch}\\0{author}\\0{date|hgdate}\\0{p1node}\\0{p2node}\\0\
+{join(file_adds, '\\n')}\\0{join(file_mods, '\\n')}\\0{join(file_dels, '\\n')}\\0{desc}\\0";
+const FIELDS: usize = 10;
+const NULL_NODE: &str = "0000000000000000000000000000000000000000";
+
+pub(crate) struct Mirror {
+    dir: PathBuf,
+    repo: PathBuf,
+    hg: Hg,
+    timeouts: Timeouts,
+    /// The rc and the extension are known to be on disk with the right content.
+    prepared: AtomicBool,
+}
+
+impl Mirror {
+    pub(crate) fn new(dir: PathBuf, timeouts: Timeouts) -> Result<Mirror, HgError> {
+        let rc = dir.join("hgrc");
+        let extension = dir.join("polld_heads.py");
+        let shown = rc.display().to_string();
+        if shown.contains([':', '\n', '\r']) {
+            return Err(HgError::MirrorPath(shown));
+        }
+        let rc_text = format!(
+            "# polld's private Mercurial configuration (its HGRCPATH): no user, system or\n\
+             # repository hgrc is read. polld rewrites this file when it differs.\n\
+             [ui]\n\
+             interactive = false\n\
+             ssh = ssh -o BatchMode=yes\n\
+             [extensions]\n\
+             polld_heads = {}\n",
+            extension.display()
+        );
+        Ok(Mirror {
+            repo: dir.join("repo"),
+            hg: Hg {
+                rc,
+                rc_text,
+                workdir: dir.clone(),
+            },
+            dir,
+            timeouts,
+            prepared: AtomicBool::new(false),
+        })
+    }
+
+    /// The hg runner, after making sure the private rc and extension are in place.
+    /// Writes only what is missing or different, so a poll that finds nothing (after
+    /// the first in this process) does not even read them.
+    pub(crate) async fn hg(&self) -> Result<&Hg, HgError> {
+        // A stat, not a read: cheap enough for every poll, and it notices a mirror
+        // directory deleted while polld runs.
+        if self.prepared.load(Ordering::Acquire)
+            && tokio::fs::try_exists(&self.hg.rc).await.unwrap_or(false)
+        {
+            return Ok(&self.hg);
+        }
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| HgError::mirror(&path, source)
+        };
+        if !tokio::fs::try_exists(&self.dir)
+            .await
+            .map_err(io(&self.dir))?
+        {
+            let mut builder = tokio::fs::DirBuilder::new();
+            builder.recursive(true).mode(0o700);
+            builder.create(&self.dir).await.map_err(io(&self.dir))?;
+        }
+        let extension = self.dir.join("polld_heads.py");
+        for (path, text) in [
+            (&self.hg.rc, self.hg.rc_text.as_str()),
+            (&extension, EXTENSION),
+        ] {
+            let current = tokio::fs::read(path).await.ok();
+            if current.as_deref() != Some(text.as_bytes()) {
+                tokio::fs::write(path, text).await.map_err(io(path))?;
+            }
+        }
+        self.prepared.store(true, Ordering::Release);
+        Ok(&self.hg)
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the mirror repository exists (`hg init` has completed).
+    pub(crate) async fn exists(&self) -> bool {
+        tokio::fs::try_exists(self.repo.join(".hg").join("requires"))
+            .await
+            .unwrap_or(false)
+    }
+
+    pub(crate) async fn init(&self) -> Result<(), HgError> {
+        let hg = self.hg().await?;
+        // A half-made mirror (a crash during `hg init`) is removed first.
+        if tokio::fs::try_exists(&self.repo).await.unwrap_or(false) {
+            tokio::fs::remove_dir_all(&self.repo)
+                .await
+                .map_err(|e| HgError::mirror(&self.repo, e))?;
+        }
+        hg.run(Invocation {
+            command: "init",
+            args: vec!["init".into(), "--".into(), self.repo.clone().into()],
+            timeout: self.timeouts.local,
+            secret_rc: None,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `hg polld-heads -- SOURCE`: the remote's branchmap and bookmarks.
+    pub(crate) async fn remote_heads(&self, source: &str) -> Result<Vec<u8>, HgError> {
+        let hg = self.hg().await?;
+        hg.run(Invocation {
+            command: "polld-heads",
+            args: vec!["polld-heads".into(), "--".into(), source.into()],
+            timeout: self.timeouts.check,
+            secret_rc: None,
+        })
+        .await
+    }
+
+    /// Which of `nodes` the mirror has.
+    pub(crate) async fn present(&self, nodes: &[&str]) -> Result<HashSet<String>, HgError> {
+        if nodes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let out = self.log(&any_of(nodes), "{node}\\n").await?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// `hg pull -r <node>... -- SOURCE`.
+    pub(crate) async fn pull(
+        &self,
+        source: &str,
+        nodes: &[&str],
+        secret_rc: Option<&str>,
+    ) -> Result<(), HgError> {
+        let hg = self.hg().await?;
+        let mut args: Vec<OsString> = vec!["pull".into(), "-q".into(), "-R".into()];
+        args.push(self.repo.clone().into());
+        for node in nodes {
+            args.push("-r".into());
+            args.push((*node).into());
+        }
+        args.push("--".into());
+        args.push(source.into());
+        hg.run(Invocation {
+            command: "pull",
+            args,
+            timeout: self.timeouts.pull,
+            secret_rc,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// For each of `old` that the mirror has: whether it is an ancestor of (or one of)
+    /// `new`. An old head that is not was stripped or rewritten on the remote.
+    pub(crate) async fn old_heads(
+        &self,
+        old: &[&str],
+        new: &[&str],
+    ) -> Result<Vec<(String, bool)>, HgError> {
+        if old.is_empty() {
+            return Ok(Vec::new());
+        }
+        let template = format!(
+            "{{node}} {{ifcontains(rev, revset('::({})'), 'kept', 'gone')}}\\n",
+            any_of(new)
+        );
+        let out = self.log(&any_of(old), &template).await?;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(|line| match line.split_once(' ') {
+                Some((node, state)) => Ok((node.to_owned(), state == "kept")),
+                None => Err(HgError::Output {
+                    command: "log",
+                    detail: format!("unexpected line {line:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    /// The files `node` changed against its first parent (`hg status --change`). For a
+    /// merge that is what it brought to the branch; the `file_*` template keywords
+    /// would list only the files the merge itself resolved.
+    pub(crate) async fn files_against_p1(&self, node: &str) -> Result<Vec<String>, HgError> {
+        let hg = self.hg().await?;
+        let args: Vec<OsString> = vec![
+            "status".into(),
+            "-R".into(),
+            self.repo.clone().into(),
+            "--change".into(),
+            node.into(),
+            "-amr".into(),
+            "-n".into(),
+            "-0".into(),
+        ];
+        let out = hg
+            .run(Invocation {
+                command: "status",
+                args,
+                timeout: self.timeouts.local,
+                secret_rc: None,
+            })
+            .await?;
+        let mut files: Vec<String> = out
+            .split(|&b| b == 0)
+            .filter(|path| !path.is_empty())
+            .map(|path| String::from_utf8_lossy(path).into_owned())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// `::new - ::known` in revision order, which in a mirror filled by pulls is a
+    /// topological order, oldest first.
+    pub(crate) async fn changesets(
+        &self,
+        new: &[&str],
+        known: &[&str],
+    ) -> Result<Vec<Changeset>, HgError> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let revset = format!("::({}) - ::({})", any_of(new), any_of(known));
+        let out = self.log(&revset, TEMPLATE).await?;
+        parse_changesets(&out)
+    }
+
+    async fn log(&self, revset: &str, template: &str) -> Result<Vec<u8>, HgError> {
+        let hg = self.hg().await?;
+        let args: Vec<OsString> = vec![
+            "log".into(),
+            "-R".into(),
+            self.repo.clone().into(),
+            "--hidden".into(),
+            "-r".into(),
+            revset.into(),
+            "-T".into(),
+            template.into(),
+        ];
+        hg.run(Invocation {
+            command: "log",
+            args,
+            timeout: self.timeouts.local,
+            secret_rc: None,
+        })
+        .await
+    }
+}
+
+/// A revset for exactly these nodes (`id()` of an unknown node is empty, not an error).
+/// Every node was checked by [`crate::heads::is_node`].
+fn any_of(nodes: &[&str]) -> String {
+    let mut revset = String::from("none()");
+    for node in nodes {
+        revset.push_str(" or id(");
+        revset.push_str(node);
+        revset.push(')');
+    }
+    revset
+}
+
+fn parse_changesets(out: &[u8]) -> Result<Vec<Changeset>, HgError> {
+    let bad = |detail: String| HgError::Output {
+        command: "log",
+        detail,
+    };
+    let fields: Vec<String> = out
+        .split(|&b| b == 0)
+        .map(|field| String::from_utf8_lossy(field).into_owned())
+        .collect();
+    // Every field is NUL-terminated: the last piece is what follows the last NUL.
+    let Some((rest, complete)) = fields.split_last() else {
+        return Ok(Vec::new());
+    };
+    if !rest.is_empty() || complete.len() % FIELDS != 0 {
+        return Err(bad(format!(
+            "{} fields, not a multiple of {FIELDS}",
+            complete.len()
+        )));
+    }
+    complete
+        .chunks(FIELDS)
+        .map(|f| {
+            let when = f[3]
+                .split(' ')
+                .next()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| bad(format!("date {:?}", f[3])))?;
+            let mut files: Vec<String> = f[6..9]
+                .iter()
+                .flat_map(|list| list.split('\n'))
+                .filter(|path| !path.is_empty())
+                .map(str::to_owned)
+                .collect();
+            files.sort();
+            files.dedup();
+            Ok(Changeset {
+                node: f[0].clone(),
+                branch: f[1].clone(),
+                author: f[2].clone(),
+                when,
+                parents: [&f[4], &f[5]]
+                    .into_iter()
+                    .filter(|p| p.as_str() != NULL_NODE && !p.is_empty())
+                    .cloned()
+                    .collect(),
+                files,
+                desc: f[9].trim_end().to_owned(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nul_separated_changesets() {
+        let one = format!(
+            "{n}\0default\0Ada <a@x>\01700000000 -3600\0{p}\0{NULL_NODE}\0b\na\0c\0\0Msg\n\nbody  \n\0",
+            n = "a".repeat(40),
+            p = "b".repeat(40)
+        );
+        let parsed = parse_changesets(one.as_bytes()).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].files, ["a", "b", "c"]);
+        assert_eq!(parsed[0].parents, ["b".repeat(40)]);
+        assert_eq!(parsed[0].when, 1_700_000_000);
+        assert_eq!(parsed[0].desc, "Msg\n\nbody");
+        assert!(parse_changesets(b"").unwrap().is_empty());
+        assert!(parse_changesets(b"x\0y\0").is_err());
+        assert!(parse_changesets(b"trailing").is_err());
+    }
+
+    #[test]
+    fn builds_revsets_from_hashes_only() {
+        assert_eq!(any_of(&[]), "none()");
+        assert_eq!(any_of(&["ab", "cd"]), "none() or id(ab) or id(cd)");
+    }
+}
