@@ -91,7 +91,11 @@ async fn ssh_with_a_key_file_and_host_key_checking() {
     keygen(&client_key);
     let sshd = Sshd::start(fx.tmp.path(), &client_key.with_extension("pub"));
     let user = std::env::var("USER").unwrap_or_else(|_| "root".to_owned());
-    let url = format!("ssh://{user}@127.0.0.1:{}{}", sshd.port, fx.remote.path.display());
+    let url = format!(
+        "ssh://{user}@127.0.0.1:{}{}",
+        sshd.port,
+        fx.remote.path.display()
+    );
     let poller = build(fx.context(&url), json!({"ssh_key_file": "client_key"})).unwrap();
 
     // An unknown host is refused: polld never trusts a host key on first use.
@@ -102,7 +106,10 @@ async fn ssh_with_a_key_file_and_host_key_checking() {
     let mut cursor = first_poll(&poller).await;
     let one = fx.remote.commit("one");
     assert_eq!(revisions(&advance(&poller, &mut cursor).await), [&one]);
-    assert_eq!(poller.poll(cursor.as_ref()).await.unwrap(), PollOutcome::Unchanged);
+    assert_eq!(
+        poller.poll(cursor.as_ref()).await.unwrap(),
+        PollOutcome::Unchanged
+    );
 
     // A key the server does not know fails cleanly, without looping.
     let stranger = fx.tmp.path().join("stranger_key");
