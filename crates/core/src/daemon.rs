@@ -291,7 +291,11 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Daemo
     Ok(report)
 }
 
+/// The pollers as the scheduler sees them. The phase is hashed from the repository, not
+/// the poller's name, so pollers of one repository poll together and a backend can
+/// answer them all with one listing of the remote.
 fn scheduled(config: &Config) -> Vec<Scheduled> {
+    let dir = config.dir();
     config
         .pollers
         .iter()
@@ -299,7 +303,7 @@ fn scheduled(config: &Config) -> Vec<Scheduled> {
             name: p.name.clone(),
             timing: p.timing,
             repo: p.display_repo(),
-            offset: crate::scheduler::spread(&p.name, p.timing.interval),
+            offset: crate::scheduler::spread(&repo_key(&p.repo, &dir), p.timing.interval),
         })
         .collect()
 }

@@ -47,9 +47,9 @@ pub struct Scheduled {
     pub offset: Duration,
 }
 
-/// A stable offset in `0..interval` derived from the poller's name, as Jenkins' `H`
-/// does: pollers with the same interval spread evenly over it instead of all firing in
-/// the same second, and a poller keeps its phase across restarts.
+/// A stable offset in `0..interval` derived from `name`, as Jenkins' `H` does: pollers
+/// with the same interval spread evenly over it instead of all firing in the same
+/// second, and a poller keeps its phase across restarts.
 pub fn spread(name: &str, interval: Duration) -> Duration {
     // FNV-1a: tiny, stable across platforms and releases (unlike std's hasher).
     let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {

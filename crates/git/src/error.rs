@@ -15,6 +15,9 @@ pub(crate) enum GitError {
     NoSuchPath(String),
     #[error("cannot list the remote's refs: {0}")]
     ListRefs(String),
+    /// The failure of a listing another poller of the same remote made.
+    #[error("{0}")]
+    Shared(String),
     #[error("cannot fetch {refs} ref(s) into the mirror: {message}")]
     Fetch { refs: usize, message: String },
     #[error(

@@ -26,7 +26,9 @@ mod error;
 mod location;
 mod mirror;
 mod poller;
+mod protocol_v2;
 mod remote;
+mod shared;
 mod walk;
 mod watch;
 
@@ -40,6 +42,7 @@ use serde::Deserialize;
 use crate::location::{Location, Transport};
 use crate::poller::{GitPoller, Settings};
 use crate::remote::AuthConfig;
+use crate::shared::{RemoteKey, SharedListings};
 use crate::watch::Watch;
 
 pub use crate::watch::TagSelection;
@@ -52,15 +55,18 @@ pub(crate) struct LogContext<'a> {
 }
 
 /// The git backend; register it with `registry.register(GitBackend::new())`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct GitBackend {
-    _pinned: (),
+    /// Ref listings shared by pollers of the same remote.
+    listings: Arc<SharedListings>,
 }
 
 impl GitBackend {
     pub fn new() -> GitBackend {
         pin_libgit2_globals();
-        GitBackend { _pinned: () }
+        GitBackend {
+            listings: Arc::default(),
+        }
     }
 }
 
@@ -107,7 +113,17 @@ impl Backend for GitBackend {
         let location = Location::parse(&context.repo, &context.config_dir).map_err(scrub)?;
         let watch = Watch::new(config.branches.as_deref(), &config.tags)?;
         let auth = auth_config(&config, &location, &context)?;
+        let remote = self.listings.join(
+            RemoteKey {
+                url: location.url.clone(),
+                username: auth.username.clone(),
+                password_env: auth.password_env.clone(),
+                ssh_key_file: auth.ssh_key_file.clone(),
+            },
+            watch.ref_prefixes(),
+        );
         Ok(Arc::new(GitPoller::new(Settings {
+            remote,
             name: context.name,
             repo: context.repo,
             location,

@@ -12,6 +12,7 @@ use crate::error::GitError;
 use crate::location::Location;
 use crate::mirror::Mirror;
 use crate::remote::{self, AuthConfig, Credentials};
+use crate::shared;
 use crate::walk::{self, Moves};
 use crate::watch::Watch;
 
@@ -20,6 +21,8 @@ pub(crate) struct GitPoller {
 }
 
 pub(crate) struct Settings {
+    /// This poller's remote, whose listing it shares with other pollers of it.
+    pub(crate) remote: Arc<shared::Remote>,
     pub(crate) name: String,
     /// As configured: may hold credentials, so it is used only to scrub messages.
     pub(crate) repo: String,
@@ -54,10 +57,11 @@ impl GitPoller {
 #[async_trait]
 impl Poller for GitPoller {
     async fn poll(&self, cursor: Option<&Cursor>) -> Result<PollOutcome, PollError> {
+        let asked = std::time::Instant::now();
         let inner = Arc::clone(&self.inner);
         let cursor = cursor.cloned();
         // libgit2 blocks on the network and the disk: keep it off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || inner.poll(cursor.as_ref()))
+        let outcome = tokio::task::spawn_blocking(move || inner.poll(asked, cursor.as_ref()))
             .await
             .unwrap_or_else(|e| Err(GitError::Task(e.to_string())));
         outcome.map_err(|e| e.into_poll_error(&self.inner.settings.repo))
@@ -76,11 +80,17 @@ impl Inner {
         }
     }
 
-    fn poll(&self, cursor: Option<&Cursor>) -> Result<PollOutcome, GitError> {
+    fn poll(
+        &self,
+        asked: std::time::Instant,
+        cursor: Option<&Cursor>,
+    ) -> Result<PollOutcome, GitError> {
         let settings = &self.settings;
         let old = cursor.map(cursor::decode).transpose()?;
         let credentials = Credentials::resolve(&settings.auth, &settings.location)?;
-        let advertised = remote::list(&settings.location, &credentials, &self.log())?;
+        let advertised = settings.remote.listing(asked, |prefixes| {
+            remote::list(&settings.location, &credentials, prefixes, &self.log())
+        })?;
         let watched = settings
             .watch
             .select(&advertised.refs, advertised.head.as_deref());

@@ -15,6 +15,7 @@ use git2::{
 use crate::LogContext;
 use crate::error::GitError;
 use crate::location::{Location, Transport};
+use crate::protocol_v2::{self, ListOutcome};
 
 /// The authentication keys of a poller, as configured.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +115,7 @@ pub(crate) fn proxy_options() -> ProxyOptions<'static> {
 }
 
 /// What the remote advertised.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Advertisement {
     /// Branches and tags by full name; annotated tags already peeled.
     pub(crate) refs: BTreeMap<String, Oid>,
@@ -122,12 +123,27 @@ pub(crate) struct Advertisement {
     pub(crate) head: Option<String>,
 }
 
-/// Lists the remote's branches and tags (git's `ls-remote`).
+/// Lists the remote's branches and tags (git's `ls-remote`), at least those under
+/// `prefixes` (and HEAD). Over `git://` this asks for just those with protocol v2;
+/// elsewhere libgit2 lists everything with protocol v0.
 pub(crate) fn list(
     location: &Location,
     credentials: &Credentials,
+    prefixes: &[String],
     log: &LogContext<'_>,
 ) -> Result<Advertisement, GitError> {
+    if location.transport == Transport::Git {
+        match protocol_v2::list_git_daemon(&location.url, prefixes).map_err(GitError::ListRefs)? {
+            ListOutcome::Listed { refs, head } => return Ok(advertisement(refs, head, log)),
+            ListOutcome::NotV2 => {
+                tracing::debug!(
+                    poller = log.poller,
+                    repo = log.repo,
+                    "the server does not speak protocol v2; listing with v0"
+                );
+            }
+        }
+    }
     let list_error = |e: git2::Error| GitError::ListRefs(e.message().to_owned());
     if location.transport == Transport::Local && !Path::new(&location.url).is_dir() {
         return Err(GitError::NoSuchPath(location.url.clone()));
@@ -147,7 +163,16 @@ pub(crate) fn list(
         Err(e) => return Err(list_error(e)),
     };
     let advertised = advertised_refs(connection.remote(), log).map_err(list_error)?;
+    Ok(advertisement(advertised, head, log))
+}
 
+/// The branches and tags among `advertised`, each tag at the object its `^{}` entry (or
+/// v2's `peeled:` attribute, already applied) names.
+fn advertisement(
+    advertised: Vec<(String, Oid)>,
+    head: Option<String>,
+    log: &LogContext<'_>,
+) -> Advertisement {
     let mut refs = BTreeMap::new();
     let mut peeled = Vec::new();
     for (name, oid) in advertised {
@@ -171,7 +196,7 @@ pub(crate) fn list(
             *oid = commit;
         }
     }
-    Ok(Advertisement { refs, head })
+    Advertisement { refs, head }
 }
 
 /// The advertisement as (name, oid) pairs, skipping names that are not UTF-8.

@@ -96,6 +96,8 @@ pub(crate) struct Watch {
     branches: Option<NameFilter>,
     tags: Option<NameFilter>,
     summary: String,
+    /// What to ask a protocol-v2 server for (see [`Watch::ref_prefixes`]).
+    prefixes: Vec<String>,
 }
 
 impl Watch {
@@ -126,11 +128,41 @@ impl Watch {
                 summary.push_str(&format!("; tags {}", globs.join(", ")));
             }
         }
+        let mut prefixes = Vec::new();
+        if let Some(globs) = branches {
+            prefixes.extend(
+                globs
+                    .iter()
+                    .map(|glob| format!("{HEADS}{}", literal_prefix(glob))),
+            );
+        }
+        match tags {
+            TagSelection::None => {}
+            TagSelection::All => prefixes.push(TAGS.to_owned()),
+            TagSelection::Matching(globs) => {
+                prefixes.extend(
+                    globs
+                        .iter()
+                        .map(|glob| format!("{TAGS}{}", literal_prefix(glob))),
+                );
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
         Ok(Watch {
             branches: branch_filter,
             tags: tag_filter,
             summary,
+            prefixes,
         })
+    }
+
+    /// Ref-name prefixes that cover every watched ref (HEAD is always asked for too):
+    /// a protocol-v2 server then sends only these, whatever else the repository holds.
+    /// They may cover more than is watched (`main` also covers `main2`); [`Watch::select`]
+    /// has the last word.
+    pub(crate) fn ref_prefixes(&self) -> &[String] {
+        &self.prefixes
     }
 
     /// One line for `polld check`.
@@ -166,6 +198,11 @@ impl Watch {
             false
         }
     }
+}
+
+/// The part of a glob before its first special character: `release/*` → `release/`.
+fn literal_prefix(glob: &str) -> &str {
+    &glob[..glob.find(['*', '?', '[', '{', '\\']).unwrap_or(glob.len())]
 }
 
 #[cfg(test)]
@@ -210,6 +247,23 @@ mod tests {
 
         let all = Watch::new(Some(&["*".to_owned()]), &TagSelection::All).unwrap();
         assert_eq!(selected(&all, None).len(), 5);
+    }
+
+    #[test]
+    fn asks_a_v2_server_only_for_what_it_watches() {
+        let globs = ["main".to_owned(), "release/*".to_owned(), "*x".to_owned()];
+        let watch = Watch::new(Some(&globs), &TagSelection::Matching(vec!["v1.?".into()])).unwrap();
+        assert_eq!(
+            watch.ref_prefixes(),
+            [
+                "refs/heads/",
+                "refs/heads/main",
+                "refs/heads/release/",
+                "refs/tags/v1."
+            ]
+        );
+        let head = Watch::new(None, &TagSelection::All).unwrap();
+        assert_eq!(head.ref_prefixes(), ["refs/tags/"]);
     }
 
     #[test]

@@ -1,0 +1,149 @@
+//! One ref listing per remote per cycle, however many pollers watch it.
+//!
+//! Buildbot users often configure one poller per branch of the same repository. Those
+//! pollers get the same phase from the scheduler (it is hashed from the repository), so
+//! they poll in the same moment; here the first of them lists the remote and the others,
+//! waiting on the same slot, reuse its answer. Only pollers with the same URL and
+//! credentials share, and the listing asks a protocol-v2 server for the union of their
+//! ref prefixes.
+//!
+//! A poller reuses a listing only if it started after the poller asked for one, so a
+//! shared answer is never older than the question: a poll forced by a push hook always
+//! sees the push.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::GitError;
+use crate::remote::Advertisement;
+
+/// How long the first poller of a shared remote waits before listing, so that the other
+/// pollers polling in the same moment can join it.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Pollers that list the same remote the same way share one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RemoteKey {
+    pub(crate) url: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) ssh_key_file: Option<std::path::PathBuf>,
+}
+
+/// Owned by the [`crate::GitBackend`], shared by all its pollers.
+#[derive(Debug, Default)]
+pub(crate) struct SharedListings {
+    remotes: Mutex<HashMap<RemoteKey, Arc<Remote>>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Remote {
+    /// How many pollers were built for this remote (reloads only add: a stale count
+    /// costs at most a [`GATHER`] pause).
+    pollers: AtomicUsize,
+    /// Every ref prefix any poller of this remote watches.
+    prefixes: Mutex<BTreeSet<String>>,
+    /// The last listing and when it started. Holding this lock while listing is what
+    /// makes concurrent pollers wait for one listing instead of each making their own.
+    last: Mutex<Option<(Instant, Result<Arc<Advertisement>, String>)>>,
+}
+
+impl SharedListings {
+    /// Registers a poller's interest (at build time) and returns its remote's slot.
+    pub(crate) fn join(&self, key: RemoteKey, prefixes: &[String]) -> Arc<Remote> {
+        let mut remotes = self.remotes.lock().unwrap_or_else(PoisonError::into_inner);
+        let remote = Arc::clone(remotes.entry(key).or_default());
+        remote.pollers.fetch_add(1, Ordering::Relaxed);
+        remote
+            .prefixes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(prefixes.iter().cloned());
+        remote
+    }
+}
+
+impl Remote {
+    /// The remote's refs for a poller that asked at `asked`: another poller's listing
+    /// that started since, or a new one made with `list`.
+    pub(crate) fn listing(
+        &self,
+        asked: Instant,
+        list: impl FnOnce(&[String]) -> Result<Advertisement, GitError>,
+    ) -> Result<Arc<Advertisement>, GitError> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((started, result)) = last.as_ref()
+            && *started >= asked
+        {
+            return result.clone().map_err(GitError::Shared);
+        }
+        if self.pollers.load(Ordering::Relaxed) > 1 {
+            std::thread::sleep(GATHER);
+        }
+        let prefixes: Vec<String> = self
+            .prefixes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        let started = Instant::now();
+        let result = list(&prefixes).map(Arc::new);
+        let shared = match &result {
+            Ok(advertisement) => Ok(Arc::clone(advertisement)),
+            Err(error) => Err(error.to_string()),
+        };
+        *last = Some((started, shared));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn key(url: &str) -> RemoteKey {
+        RemoteKey {
+            url: url.into(),
+            username: None,
+            password_env: None,
+            ssh_key_file: None,
+        }
+    }
+
+    #[test]
+    fn pollers_of_one_remote_share_a_listing_with_the_union_of_their_prefixes() {
+        let shared = SharedListings::default();
+        let main = shared.join(key("git://h/a"), &["refs/heads/main".into()]);
+        let release = shared.join(key("git://h/a"), &["refs/heads/release/".into()]);
+        let other = shared.join(key("git://h/b"), &["refs/heads/main".into()]);
+        let listings = AtomicUsize::new(0);
+        let list = |prefixes: &[String]| {
+            listings.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(prefixes, ["refs/heads/main", "refs/heads/release/"]);
+            Ok(Advertisement {
+                refs: BTreeMap::new(),
+                head: None,
+            })
+        };
+        let asked = Instant::now();
+        main.listing(asked, list).unwrap();
+        release
+            .listing(asked, |_| panic!("reused, not listed again"))
+            .unwrap();
+        assert_eq!(listings.load(Ordering::SeqCst), 1);
+        // Asked after that listing started: it is too old to answer.
+        let later = Instant::now();
+        release.listing(later, list).unwrap();
+        assert_eq!(listings.load(Ordering::SeqCst), 2);
+        other
+            .listing(Instant::now(), |p| {
+                assert_eq!(p, ["refs/heads/main"]);
+                Err(GitError::ListRefs("refused".into()))
+            })
+            .unwrap_err();
+    }
+}
