@@ -322,13 +322,18 @@ async fn open_store(config: &Config) -> Result<(StateLock, Store), StoreError> {
     .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
 }
 
+/// Saves poll outcomes at most every [`STATUS_SAVE_EVERY`], and only when there are
+/// some: an idle daemon is never woken by it.
 async fn save_status_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(STATUS_SAVE_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticks.tick() => engine.save_poll_records().await,
+            () = engine.unsaved() => {}
             () = shutdown.cancelled() => return,
         }
+        tokio::select! {
+            () = tokio::time::sleep(STATUS_SAVE_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+        engine.save_poll_records().await;
     }
 }

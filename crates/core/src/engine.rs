@@ -25,6 +25,8 @@ pub struct Engine {
     pollers: RwLock<HashMap<String, Arc<PollerConfig>>>,
     cursors: Mutex<HashMap<String, Cursor>>,
     records: Mutex<HashMap<String, PollRecord>>,
+    /// Woken when `records` gains its first entry since the last save.
+    unsaved: Notify,
     metrics: Arc<Metrics>,
     /// Woken whenever changes are queued.
     delivery: Arc<Notify>,
@@ -43,6 +45,7 @@ impl Engine {
             pollers: RwLock::new(HashMap::new()),
             cursors: Mutex::new(cursors),
             records: Mutex::new(HashMap::new()),
+            unsaved: Notify::new(),
             metrics,
             delivery,
         };
@@ -100,10 +103,13 @@ impl Engine {
             at: unix_now(),
             error: result.as_ref().err().cloned(),
         };
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), record);
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if records.is_empty() {
+            // notify_one keeps a permit if the saver is busy: no wake-up is lost.
+            self.unsaved.notify_one();
+        }
+        records.insert(name.to_owned(), record);
+        drop(records);
         result
     }
 
@@ -160,6 +166,11 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Resolves when there are poll outcomes to save (at once if there already are).
+    pub async fn unsaved(&self) {
+        self.unsaved.notified().await;
     }
 
     /// The poll outcomes since the last call, for saving in one transaction.
