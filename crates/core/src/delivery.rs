@@ -15,10 +15,10 @@ use crate::model::Change;
 use crate::sink::{Sink, SinkError, SinkFailure};
 use crate::store::{Queued, Store, StoreError};
 
-/// How many changes one delivery hands to the sink.
-const BATCH: usize = 256;
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(300);
+/// How often an idle delivery loop looks at the outbox anyway.
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -64,8 +64,11 @@ impl Delivery {
                     continue;
                 }
                 Ok(Attempt::Empty) => {
+                    // Changes queued by this process wake us at once; the timer finds
+                    // those another process put back (`polld redeliver`).
                     tokio::select! {
                         () = queued.notified() => continue,
+                        () = tokio::time::sleep(IDLE_RECHECK) => continue,
                         () = shutdown.cancelled() => return,
                     }
                 }
@@ -116,7 +119,7 @@ impl Delivery {
     /// Hands the oldest batch to the sink and settles the outbox with its answer.
     /// An unavailable sink is an `Err`; a refused change is dead-lettered (`Failed`).
     async fn attempt(&mut self) -> Result<Attempt, DeliveryError> {
-        let batch = self.peek(BATCH).await?;
+        let batch = self.peek(self.sink.max_batch().max(1)).await?;
         if batch.is_empty() {
             return Ok(Attempt::Empty);
         }

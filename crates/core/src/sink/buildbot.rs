@@ -48,6 +48,10 @@ impl Sink for BuildbotSink {
         }
         Ok(())
     }
+
+    fn max_batch(&self) -> usize {
+        1
+    }
 }
 
 /// The change as Buildbot's field names. Optional fields are left out rather than sent

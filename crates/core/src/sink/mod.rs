@@ -26,6 +26,14 @@ pub trait Sink: Send + Sync {
     /// Delivers `changes` in order. `Ok` acknowledges them all; a failure says how many
     /// of the first ones were acknowledged before it and why the next one was not.
     async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure>;
+
+    /// The most changes one [`Sink::deliver`] call should get. The outbox is settled
+    /// after each call, so a sink that acknowledges change by change (one HTTP request
+    /// each) says 1: a crash then re-sends at most the change in flight. Sinks that
+    /// write a batch at once (a file, a pipe) keep the default.
+    fn max_batch(&self) -> usize {
+        256
+    }
 }
 
 /// A delivery that stopped part-way.

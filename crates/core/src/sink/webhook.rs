@@ -61,6 +61,10 @@ impl Sink for WebhookSink {
         }
         Ok(())
     }
+
+    fn max_batch(&self) -> usize {
+        1
+    }
 }
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`.
