@@ -47,8 +47,11 @@ pub(crate) struct Remote {
     prefixes: Mutex<BTreeSet<String>>,
     /// The last listing and when it started. Holding this lock while listing is what
     /// makes concurrent pollers wait for one listing instead of each making their own.
-    last: Mutex<Option<(Instant, Result<Arc<Advertisement>, String>)>>,
+    last: Mutex<Option<Listing>>,
 }
+
+/// When a listing started, and what it found (or why it failed).
+type Listing = (Instant, Result<Arc<Advertisement>, String>);
 
 impl SharedListings {
     /// Registers a poller's interest (at build time) and returns its remote's slot.

@@ -1,0 +1,300 @@
+//! polld's benchmark: what a git poll that finds nothing costs in polld, next to the git
+//! command sequence Buildbot's GitPoller runs per poll and a plain `git ls-remote`; the
+//! cost of a repository with very many refs; and the real daemon at scale (CPU, memory,
+//! how polls spread over time, commit-to-sink latency).
+//!
+//! Everything runs on 127.0.0.1 against a fixture the benchmark builds itself (N bare
+//! repositories served by `git daemon`). `polld-bench --help` lists the knobs; the
+//! README shows the command and a result.
+
+mod daemon;
+mod fixture;
+mod inproc;
+mod procs;
+mod report;
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+pub use crate::daemon::{DaemonResult, Latency};
+pub use crate::inproc::PollStats;
+pub use crate::report::{RefsResult, Report};
+
+/// Benchmarks polld's git polling against Buildbot's GitPoller command sequence and
+/// `git ls-remote`, on a fixture of N repositories served by a local `git daemon`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "polld-bench", version)]
+pub struct Options {
+    /// How many bare repositories to create and poll
+    #[arg(long, default_value_t = 1000)]
+    pub repos: usize,
+    /// Polls at once (polld's max_concurrent_polls; also used for the git processes)
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// No-change polls of each repository by polld [default: enough for ~3000 polls]
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Repositories polled with Buildbot's command sequence (a sample when N is larger)
+    #[arg(long, default_value_t = 200)]
+    pub buildbot_sample: usize,
+    /// Repositories polled with `git ls-remote` (a sample when N is larger)
+    #[arg(long, default_value_t = 1000)]
+    pub ls_remote_sample: usize,
+    /// Also compare a repository with --big-refs-count refs to one with 10 refs
+    #[arg(long)]
+    pub big_refs: bool,
+    /// Refs in the big repository (refs/heads/main plus refs/changes/*)
+    #[arg(long, default_value_t = 100_000)]
+    pub big_refs_count: usize,
+    /// Run the real daemon (`polld run`) for this many seconds; 0 skips it
+    #[arg(long, default_value_t = 0)]
+    pub daemon_seconds: u64,
+    /// The daemon's poll interval
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Commits made at random times during the daemon run, to measure latency
+    #[arg(long, default_value_t = 10)]
+    pub commits: usize,
+    /// The polld binary [default: built with cargo next to this binary]
+    #[arg(long)]
+    pub polld: Option<PathBuf>,
+    /// Build the fixture here and keep it [default: a temporary directory, removed]
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Seed for picking repositories and commit times [default: the clock]
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Options {
+    /// polld's rounds over the repositories: at least one, ~3000 polls in all.
+    pub fn polld_rounds(&self) -> usize {
+        self.rounds
+            .unwrap_or_else(|| 3000usize.div_ceil(self.repos.max(1)))
+            .max(1)
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("polld-bench: {what}");
+}
+
+/// Runs the whole benchmark and returns its results (see [`Report::markdown`]).
+pub fn run(options: &Options) -> Result<Report> {
+    if options.repos == 0 {
+        bail!("--repos must be at least 1");
+    }
+    let temp;
+    let root: PathBuf = match &options.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            if std::fs::read_dir(dir)?.next().is_some() {
+                bail!("--work-dir {} is not empty", dir.display());
+            }
+            dir.canonicalize()?
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("polld-bench-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let seed = options.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let n = options.repos;
+    let mut report = Report {
+        options: options.clone(),
+        cores: std::thread::available_parallelism().map_or(0, |c| c.get()),
+        git_version: util::stdout_of(util::git().arg("--version"))?,
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        seed,
+        ..Report::default()
+    };
+
+    let t = Instant::now();
+    progress(&format!(
+        "creating {n} bare repositories in {}",
+        root.display()
+    ));
+    let repos = fixture::create_repos(&root, n)?;
+    let gitd = fixture::GitDaemon::start(&repos.base, &root.join("git-daemon.log"))?;
+    report.fixture_seconds = t.elapsed().as_secs_f64();
+
+    // 1. polld, in-process.
+    let inproc = inproc::InProcess::new()?;
+    let state = root.join("state-inproc");
+    let pollers = repos
+        .names
+        .iter()
+        .map(|r| inproc.poller(r.trim_end_matches(".git"), &gitd.url(r), &state))
+        .collect::<Result<Vec<_>>>()?;
+    // Every repository is a copy of one template, so the first poll of one gives the
+    // cursor of all; each measured poll still checks that it found nothing.
+    let cursor = inproc.first_poll(&pollers[0])?;
+    let warm = &pollers[..n.min(64)];
+    inproc.measure_concurrent(warm, &cursor, 1, options.concurrency);
+    report.polld_rounds = options.polld_rounds();
+    progress(&format!(
+        "polld: {} no-change polls, {} at once",
+        n * report.polld_rounds,
+        options.concurrency
+    ));
+    report.polld =
+        inproc.measure_concurrent(&pollers, &cursor, report.polld_rounds, options.concurrency);
+    report.polld_rss_kib = util::self_usage().max_rss_kib;
+
+    // 2a. Buildbot's command sequence.
+    let sample = util::sample_indices(n, options.buildbot_sample.max(1));
+    let bb_repos: Vec<procs::BuildbotRepo> = sample
+        .iter()
+        .map(|&i| procs::BuildbotRepo {
+            url: gitd.url(&repos.names[i]),
+            workdir: root
+                .join("buildbot")
+                .join(repos.names[i].trim_end_matches(".git")),
+            known: repos.commit.clone(),
+        })
+        .collect();
+    progress(&format!(
+        "buildbot-sequence: {} repositories (first poll, then a measured no-change poll)",
+        bb_repos.len()
+    ));
+    let first = procs::measure(&bb_repos, 1, options.concurrency, procs::buildbot_poll);
+    if first.failed > 0 {
+        bail!(
+            "Buildbot's sequence failed on its first poll: {:?}",
+            first.errors
+        );
+    }
+    report.buildbot = procs::measure(&bb_repos, 1, options.concurrency, procs::buildbot_poll);
+    report.buildbot_repos = bb_repos.len();
+
+    // 2b. git ls-remote.
+    let sample = util::sample_indices(n, options.ls_remote_sample.max(1));
+    let urls: Vec<String> = sample.iter().map(|&i| gitd.url(&repos.names[i])).collect();
+    progress(&format!("git ls-remote: {} repositories", urls.len()));
+    let ls = |url: &String| procs::ls_remote_poll(url, &repos.commit);
+    procs::measure(&urls[..urls.len().min(32)], 1, options.concurrency, ls);
+    report.ls_remote = procs::measure(&urls, 1, options.concurrency, ls);
+    report.ls_remote_repos = urls.len();
+
+    // 3. Many refs.
+    if options.big_refs {
+        report.refs = Some(measure_refs(options, &repos, &gitd, &inproc, &state)?);
+    }
+
+    // 4. The daemon.
+    if options.daemon_seconds > 0 {
+        let polld = locate_polld(options)?;
+        let mirror = state
+            .join("mirrors")
+            .join(repos.names[0].trim_end_matches(".git"));
+        report.daemon = Some(daemon::run(&daemon::DaemonPlan {
+            polld: &polld,
+            root: &root,
+            repos: &repos,
+            gitd: &gitd,
+            cursor: &cursor,
+            mirror: &mirror,
+            seconds: options.daemon_seconds,
+            interval: options.interval,
+            concurrency: options.concurrency,
+            commits: options.commits,
+            seed,
+        })?);
+    }
+    drop(pollers);
+    drop(gitd);
+    Ok(report)
+}
+
+fn measure_refs(
+    options: &Options,
+    repos: &fixture::Repos,
+    gitd: &fixture::GitDaemon,
+    inproc: &inproc::InProcess,
+    state: &Path,
+) -> Result<RefsResult> {
+    let big_name = format!("refs{}.git", options.big_refs_count);
+    progress(&format!(
+        "creating a repository with {} refs and one with 10",
+        options.big_refs_count
+    ));
+    fixture::create_many_refs_repo(repos, "refs10.git", 10)?;
+    fixture::create_many_refs_repo(repos, &big_name, options.big_refs_count)?;
+    let small = inproc.poller("refs10", &gitd.url("refs10.git"), state)?;
+    let big = inproc.poller("refsbig", &gitd.url(&big_name), state)?;
+    let small_cursor = inproc.first_poll(&small)?;
+    let big_cursor = inproc.first_poll(&big)?;
+    progress("polling both, one poll at a time");
+    inproc.measure_sequential(&small, &small_cursor, 10, 10, Duration::ZERO);
+    inproc.measure_sequential(&big, &big_cursor, 2, 2, Duration::ZERO);
+    Ok(RefsResult {
+        small_refs: 10,
+        big_refs: options.big_refs_count,
+        small: inproc.measure_sequential(&small, &small_cursor, 50, 2000, Duration::from_secs(3)),
+        big: inproc.measure_sequential(&big, &big_cursor, 5, 500, Duration::from_secs(8)),
+    })
+}
+
+/// `--polld`, else `polld` built by cargo into the target directory this binary runs
+/// from (same profile), else an existing `polld` there.
+fn locate_polld(options: &Options) -> Result<PathBuf> {
+    if let Some(path) = &options.polld {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("no directory for this binary")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("no profile directory")?;
+    }
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let target = dir.parent().context("no target directory")?;
+    let binary = dir.join("polld");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    if manifest.exists() {
+        progress(&format!("building polld ({profile}) with cargo"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "polld",
+                "--bin",
+                "polld",
+                "--profile",
+            ])
+            .arg(if profile == "debug" { "dev" } else { &profile })
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", target)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            other => progress(&format!("cargo build -p polld failed ({other:?})")),
+        }
+    }
+    if !binary.exists() {
+        bail!(
+            "no polld binary at {}: build it (`cargo build --release -p polld`) or pass --polld",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}

@@ -1,0 +1,67 @@
+//! A small run of the benchmark: correctness only (every poll succeeded, the tables are
+//! printed, every latency commit arrived), never speed.
+
+use clap::Parser;
+use polld_bench::Options;
+
+#[test]
+fn a_small_run_is_correct() {
+    let options = Options::parse_from([
+        "polld-bench",
+        "--repos",
+        "20",
+        "--rounds",
+        "5",
+        "--big-refs",
+        "--big-refs-count",
+        "2000",
+        "--daemon-seconds",
+        "5",
+        "--interval",
+        "2s",
+        "--commits",
+        "3",
+        "--seed",
+        "7",
+    ]);
+    let report = polld_bench::run(&options).expect("the benchmark runs");
+    let markdown = report.markdown();
+    println!("{markdown}");
+    assert_eq!(report.problems(), Vec::<String>::new());
+
+    assert_eq!(report.polld.polls, 100);
+    assert_eq!(report.polld.ok, 100);
+    assert_eq!(report.buildbot.ok, 20);
+    assert_eq!(report.ls_remote.ok, 20);
+    let refs = report.refs.as_ref().expect("--big-refs was measured");
+    assert!(refs.small.polls > 0 && refs.small.failed == 0);
+    assert!(refs.big.polls > 0 && refs.big.failed == 0);
+
+    let daemon = report.daemon.as_ref().expect("the daemon ran");
+    assert!(daemon.metrics_ok >= 20, "every poller polled at least once");
+    assert_eq!(daemon.metrics_error, 0);
+    assert_eq!(daemon.failed_poll_lines, 0);
+    assert_eq!(daemon.latency.commits, 3);
+    assert_eq!(
+        daemon.latency.seconds.len(),
+        3,
+        "every commit reached the sink"
+    );
+    assert!(daemon.stopped_cleanly);
+
+    for heading in [
+        "### No-change poll, client side",
+        "| polld (in-process `GitBackend`) |",
+        "| (a) buildbot-sequence",
+        "| (b) git ls-remote",
+        "### Many refs",
+        "### The daemon: `polld run`, 20 git pollers every 2s, 5 s",
+        "| commits → change in the jsonl sink: arrived | 3 of 3 |",
+        "### Targets",
+    ] {
+        assert!(
+            markdown.contains(heading),
+            "missing {heading:?} in:\n{markdown}"
+        );
+    }
+}
