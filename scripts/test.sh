@@ -8,11 +8,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 
 # System packages the tests drive for real: git (with git daemon), Subversion
-# (svn, svnadmin, svnserve), Mercurial, and sshd plus ssh-keygen for ssh transports.
+# (svn, svnadmin, svnserve; Apache with mod_dav_svn for http://), Mercurial, and sshd
+# plus ssh-keygen for ssh transports.
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v svnserve >/dev/null || missing+=(subversion)
 command -v hg >/dev/null || missing+=(mercurial)
+[ -x /usr/sbin/apache2 ] || missing+=(apache2)
+[ -e /usr/lib/apache2/modules/mod_dav_svn.so ] || missing+=(libapache2-mod-svn)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 if [ ${#missing[@]} -gt 0 ]; then

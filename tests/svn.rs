@@ -1,8 +1,8 @@
 //! End-to-end: `polld once` against real Subversion repositories, over `file://`
-//! (local paths too) and `svn://` (svnserve), asserting whole change records.
+//! (local paths too), `svn://` (svnserve) and `http://` (Apache with mod_dav_svn),
+//! asserting whole change records.
 //!
-//! http(s):// is not covered: it needs Apache with mod_dav_svn. polld reaches it
-//! through the same `svn` client, so only the URL handling differs.
+//! https:// is not covered: polld reaches it through the same `svn` client as http://.
 
 use polld_e2e::svn::*;
 use polld_e2e::*;
@@ -371,6 +371,124 @@ fn a_wrong_password_fails_clearly_and_no_password_is_stored_or_shown() {
     outputs.push_str(&debug.stderr);
     let status = polld.run(&["status"]);
     outputs.push_str(&status.stdout);
+
+    for secret in [GOOD, BAD] {
+        assert!(
+            !outputs.contains(secret),
+            "a password was shown:\n{outputs}"
+        );
+        let files = files_containing(polld.dir.path(), secret.as_bytes());
+        assert!(files.is_empty(), "a password was stored in {files:?}");
+    }
+}
+
+#[test]
+fn http_through_mod_dav_svn_reports_commits_below_the_url() {
+    let repo = SvnRepo::with_standard_layout();
+    let server = SvnHttpServer::start(repo.dir.path(), None);
+    let url = server.url("repo/trunk");
+    let polld = Polld::new(&svn_poller("app", &url, ""));
+    first_poll(&polld);
+    // trunk's last change, as over file://: r2 made only branches/ and tags/.
+    assert_eq!(cursor(&polld, "app"), json!({"revision": 1}));
+    assert!(polld.status_of("app")["last_error"].is_null());
+
+    // Commits through a file:// working copy of the served repository.
+    let r3 = repo.put(
+        &[("trunk/src/a.c", "a\n"), ("trunk/b.txt", "b\n")],
+        "Over http\n\nWith a body.\n",
+    );
+    repo.put(&[("branches/x.txt", "x\n")], "Outside the URL");
+    let r5 = repo.remove(&["trunk/README"], "No readme");
+    let r6 = repo.put(&[("trunk/src/a.c", "a2\n")], "Edit a.c");
+
+    let expected = [
+        repo.expected("app", &url, None, None, r3, &["b.txt", "src", "src/a.c"]),
+        repo.expected("app", &url, None, None, r5, &["README"]),
+        repo.expected("app", &url, None, None, r6, &["src/a.c"]),
+    ];
+    let out = polld.once(&[]);
+    out.expect_code(0);
+    assert_changes(&out.records(), &expected);
+    assert_eq!(expected[0]["comments"], "Over http\n\nWith a body.");
+    assert_eq!(expected[0]["repository"], url);
+    assert_eq!(cursor(&polld, "app"), json!({"revision": r6}));
+
+    // Nothing new: exit 0, nothing emitted, the cursor stays.
+    let out = polld.once(&[]);
+    out.expect_code(0);
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+    assert_eq!(cursor(&polld, "app"), json!({"revision": r6}));
+    assert!(polld.status_of("app")["last_error"].is_null());
+}
+
+#[test]
+fn http_basic_auth_delivers_and_a_wrong_password_fails_without_showing_it() {
+    const GOOD: &str = "apache-staple-5e0b72";
+    const BAD: &str = "apache-wrong-91d4c3";
+    let repo = SvnRepo::with_standard_layout();
+    let server = SvnHttpServer::start(repo.dir.path(), Some(("alice", GOOD)));
+    let url = server.url("repo");
+    let mut polld = Polld::new(&svn_poller(
+        "app",
+        &url,
+        "split = \"branches\"\nusername = \"alice\"\npassword_env = \"POLLD_TEST_SVN_PASSWORD\"\n",
+    ));
+    let mut outputs = String::new();
+
+    polld.env = vec![("POLLD_TEST_SVN_PASSWORD".into(), GOOD.into())];
+    first_poll(&polld);
+    assert_eq!(cursor(&polld, "app"), json!({"revision": 2}));
+    let r3 = repo.put(&[("trunk/a", "a\n")], "Behind basic auth");
+    let out = polld.once(&[]);
+    out.expect_code(0);
+    assert_changes(
+        &out.records(),
+        &[repo.expected("app", &url, None, None, r3, &["a"])],
+    );
+    outputs.push_str(&out.stdout);
+    outputs.push_str(&out.stderr);
+
+    let r4 = repo.put(&[("trunk/b", "b\n")], "Not seen with a wrong password");
+    polld.env = vec![("POLLD_TEST_SVN_PASSWORD".into(), BAD.into())];
+    let out = polld.once(&[]);
+    out.expect_code(1);
+    assert!(out.records().is_empty(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("Authentication failed") && out.stderr.contains("app"),
+        "svn's reason and the poller's name are logged:\n{}",
+        out.describe()
+    );
+    outputs.push_str(&out.stdout);
+    outputs.push_str(&out.stderr);
+    let status = polld.status_of("app");
+    assert_eq!(status["cursor"], json!({"revision": r3}), "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("Authentication failed"), "{status}");
+    outputs.push_str(&status.to_string());
+    assert!(
+        server.log().contains("user alice: authentication failure"),
+        "Apache saw the wrong password:\n{}",
+        server.log()
+    );
+
+    // The right password again: the change was not lost.
+    polld.env = vec![("POLLD_TEST_SVN_PASSWORD".into(), GOOD.into())];
+    let debug = {
+        let mut cmd = polld.command();
+        cmd.env("POLLD_LOG", "debug").arg("once");
+        run_bounded(cmd)
+    };
+    debug.expect_code(0);
+    assert_changes(
+        &debug.records(),
+        &[repo.expected("app", &url, None, None, r4, &["b"])],
+    );
+    outputs.push_str(&debug.stdout);
+    outputs.push_str(&debug.stderr);
+    let status = polld.run(&["status"]);
+    outputs.push_str(&status.stdout);
+    outputs.push_str(&polld.status_json().to_string());
 
     for secret in [GOOD, BAD] {
         assert!(
