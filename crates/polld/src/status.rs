@@ -44,31 +44,14 @@ pub fn print_status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> 
     } else {
         vec![StoredStatus::default(); names.len()]
     };
-    let rows = config.pollers.iter().zip(&statuses);
     if as_json {
-        let pollers: Vec<_> = rows
-            .map(|(poller, status)| {
-                json!({
-                    "name": poller.name,
-                    "type": poller.vcs,
-                    "repo": poller.display_repo(),
-                    "cursor": status.cursor,
-                    "last_poll": status.last_poll,
-                    "last_success": status.last_success,
-                    "last_error": status.last_error,
-                    "pending": status.pending,
-                    "dead_letters": status.dead_letters,
-                    "last_delivery_error": status.last_delivery_error,
-                })
-            })
-            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "pollers": pollers }))?
+            serde_json::to_string_pretty(&json(config, &statuses))?
         );
         return Ok(ExitCode::SUCCESS);
     }
-    for (poller, status) in rows {
+    for (poller, status) in config.pollers.iter().zip(&statuses) {
         println!("{} ({}) {}", poller.name, poller.vcs, poller.display_repo());
         let cursor = status
             .cursor

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use reqwest::{Client, RequestBuilder, StatusCode};
 
-use super::SinkError;
+use super::{SinkError, SinkFailure};
+use crate::model::Change;
 
 /// Requests that take longer than this fail and are retried.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,4 +85,22 @@ pub(crate) fn secret(variable: &str, key: &str) -> Result<String, SinkError> {
             "environment variable {variable} (named by {key}) is not set"
         ))
     })
+}
+
+/// Delivers `changes` one request each, in order, stopping at the first failure.
+pub(crate) async fn one_by_one<'a, Post, Sent>(
+    changes: &'a [Change],
+    post: Post,
+) -> Result<(), SinkFailure>
+where
+    Post: Fn(&'a Change) -> Sent,
+    Sent: Future<Output = Result<(), SinkError>>,
+{
+    for (acknowledged, change) in changes.iter().enumerate() {
+        post(change).await.map_err(|error| SinkFailure {
+            acknowledged,
+            error,
+        })?;
+    }
+    Ok(())
 }

@@ -53,13 +53,7 @@ impl WebhookSink {
 #[async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
-        for (acknowledged, change) in changes.iter().enumerate() {
-            self.post(change).await.map_err(|error| SinkFailure {
-                acknowledged,
-                error,
-            })?;
-        }
-        Ok(())
+        http::one_by_one(changes, |change| self.post(change)).await
     }
 
     fn max_batch(&self) -> usize {
