@@ -201,7 +201,8 @@ impl PollTarget for Engine {
     }
 }
 
-/// Completes what a backend found with what the poller's config says.
+/// Completes what a backend found with what the poller's config says, within
+/// [`crate::limits`].
 fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
     let project = found.project.unwrap_or_else(|| poller.project.clone());
     let branch = found.branch.as_deref().unwrap_or("");
@@ -215,7 +216,7 @@ fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
             .replace("{revision}", &found.revision)
             .replace("{branch}", branch)
     });
-    Change {
+    let mut change = Change {
         id,
         poller: poller.name.clone(),
         vcs: poller.vcs.to_owned(),
@@ -232,5 +233,7 @@ fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
         codebase: poller.codebase.clone(),
         revlink,
         properties: poller.properties.clone(),
-    }
+    };
+    crate::limits::bound(&mut change);
+    change
 }

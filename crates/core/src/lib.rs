@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod engine;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod redact;
