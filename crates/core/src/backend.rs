@@ -79,6 +79,43 @@ pub trait Poller: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// Why a backend refused a poller's keys. The core turns it into
+/// `file:line:col: poller `name`: message`, at the key it names (or at `type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The key the problem is about, e.g. `"repo"`; `None` points at the poller's `type`.
+    pub key: Option<&'static str>,
+    pub message: String,
+}
+
+impl Refusal {
+    /// A problem with one key's value.
+    pub fn at(key: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            key: Some(key),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal { key: None, message }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Self {
+        Refusal::from(message.to_owned())
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// A version-control system that polld can watch.
 pub trait Backend: Send + Sync + 'static {
     /// The poller's `type` key, e.g. `"git"`; also the change record's `vcs` field.
@@ -87,13 +124,13 @@ pub trait Backend: Send + Sync + 'static {
     /// the core's keys they are all a `[[poller]]` table may hold.
     type Config: DeserializeOwned;
 
-    /// Checks what serde cannot and builds the poller. The error is a plain message;
-    /// the core adds the file, line and column.
+    /// Checks what serde cannot and builds the poller. The core adds the file, line and
+    /// column of the key the [`Refusal`] names (a plain `String` converts: at `type`).
     fn build(
         &self,
         context: PollerContext,
         config: Self::Config,
-    ) -> Result<Arc<dyn Poller>, String>;
+    ) -> Result<Arc<dyn Poller>, Refusal>;
 }
 
 /// A backend with its config type erased, so the registry can hold any of them.
@@ -109,8 +146,8 @@ pub(crate) trait ErasedBackend: Send + Sync {
 pub(crate) enum BuildError {
     /// Serde's complaint, with the span of the offending key or value.
     Keys(toml::de::Error),
-    /// The backend's own validation; reported at the poller's `type` key.
-    Invalid(String),
+    /// The backend's own validation.
+    Invalid(Refusal),
 }
 
 impl<B: Backend> ErasedBackend for B {

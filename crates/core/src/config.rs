@@ -6,7 +6,7 @@
 //! the backend named by `type`, which reads them with its own serde struct. Both halves
 //! deserialize from the same spanned document, so both report exact positions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -47,9 +47,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Where changes go.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+/// Where changes go (`[sink]`; its `type` picks the variant).
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkConfig {
     /// One JSON object per line on standard output, flushed per change.
     Stdout,
@@ -192,12 +191,15 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
         }
     };
     let toml_error = |e: toml::de::Error| at(e.span(), e.message());
-    let config_dir = directory_of(path);
+    // Absolute, so relative paths in the config mean the same from any working
+    // directory the VCS clients run in.
+    let config_dir = std::path::absolute(directory_of(path)).unwrap_or_else(|_| directory_of(path));
 
     let root = DeTable::parse(text).map_err(toml_error)?;
     let root_span = root.span();
     let mut root = root.into_inner();
     let poller_tables = root.remove("poller");
+    let sink_table = root.remove("sink");
     let file = FileKeys::deserialize(ValueDeserializer::from(Spanned::new(
         root_span,
         DeValue::Table(root),
@@ -206,19 +208,8 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
 
     let daemon = file.daemon.unwrap_or_default().resolve(&config_dir, &at)?;
     let defaults = file.defaults.unwrap_or_default();
-    let sink = match file.sink {
-        Some(sink) => {
-            let span = sink.span();
-            let sink = match sink.into_inner() {
-                SinkConfig::Jsonl { path } => SinkConfig::Jsonl {
-                    path: config_dir.join(path),
-                },
-                other => other,
-            };
-            crate::sink::validate(&sink)
-                .map_err(|message| at(Some(span), &format!("[sink]: {message}")))?;
-            sink
-        }
+    let sink = match sink_table {
+        Some(table) => parse_sink(table, &config_dir, &at)?,
         None => SinkConfig::Stdout,
     };
 
@@ -269,7 +260,74 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
 struct FileKeys {
     daemon: Option<DaemonKeys>,
     defaults: Option<TimingKeys>,
-    sink: Option<Spanned<SinkConfig>>,
+}
+
+/// `[sink]`: its `type` picks the variant, whose own keys are then read from the same
+/// spanned table, so an unknown or bad key is reported where it is (a serde-tagged enum
+/// would report every problem at the table's header).
+fn parse_sink(
+    table: Spanned<DeValue<'_>>,
+    config_dir: &Path,
+    at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+) -> Result<SinkConfig, ConfigError> {
+    let span = table.span();
+    let DeValue::Table(mut keys) = table.into_inner() else {
+        return Err(at(Some(span), "`sink` must be a table: write [sink]"));
+    };
+    let type_name = match keys.remove("type") {
+        Some(value) => match value.get_ref() {
+            DeValue::String(name) => (name.to_string(), value.span()),
+            _ => return Err(at(Some(value.span()), "[sink] type must be a string")),
+        },
+        None => {
+            return Err(at(
+                Some(span),
+                "[sink] needs a type: stdout, jsonl, buildbot or webhook",
+            ));
+        }
+    };
+    let key_spans: HashMap<String, Range<usize>> = keys
+        .iter()
+        .map(|(key, value)| (key.get_ref().to_string(), value.span()))
+        .collect();
+    let rest = || ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(keys.clone())));
+    let key_error = |e: toml::de::Error| at(e.span().or(Some(span.clone())), e.message());
+    let sink = match type_name.0.as_str() {
+        "stdout" => {
+            NoKeys::deserialize(rest()).map_err(key_error)?;
+            SinkConfig::Stdout
+        }
+        "jsonl" => SinkConfig::Jsonl {
+            path: config_dir.join(JsonlKeys::deserialize(rest()).map_err(key_error)?.path),
+        },
+        "buildbot" => {
+            SinkConfig::Buildbot(BuildbotSinkConfig::deserialize(rest()).map_err(key_error)?)
+        }
+        "webhook" => {
+            SinkConfig::Webhook(WebhookSinkConfig::deserialize(rest()).map_err(key_error)?)
+        }
+        other => {
+            return Err(at(
+                Some(type_name.1),
+                &format!("unknown sink type `{other}`; known: stdout, jsonl, buildbot, webhook"),
+            ));
+        }
+    };
+    crate::sink::validate(&sink).map_err(|(key, message)| {
+        let position = key_spans.get(key).cloned().unwrap_or(span.clone());
+        at(Some(position), &format!("[sink]: {message}"))
+    })?;
+    Ok(sink)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoKeys {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonlKeys {
+    path: PathBuf,
 }
 
 #[derive(Default, Deserialize)]
@@ -390,6 +448,11 @@ fn build_poller(
     let (common, own): (DeTable<'_>, DeTable<'_>) = table
         .into_iter()
         .partition(|(key, _)| COMMON_POLLER_KEYS.contains(&key.get_ref().as_ref()));
+    // Where each backend key's value is, for a backend's refusal of one of them.
+    let own_spans: HashMap<String, Range<usize>> = own
+        .iter()
+        .map(|(key, value)| (key.get_ref().to_string(), value.span()))
+        .collect();
     let common = CommonPollerKeys::deserialize(ValueDeserializer::from(Spanned::new(
         span.clone(),
         DeValue::Table(common),
@@ -440,10 +503,17 @@ fn build_poller(
         )
         .map_err(|error| match error {
             BuildError::Keys(e) => at(e.span().or(Some(span.clone())), e.message()),
-            BuildError::Invalid(message) => at(
-                Some(common.vcs.span()),
-                &format!("poller `{name}`: {message}"),
-            ),
+            BuildError::Invalid(refusal) => {
+                let span = match refusal.key {
+                    Some("repo") => common.repo.span(),
+                    Some(key) => own_spans
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_else(|| common.vcs.span()),
+                    None => common.vcs.span(),
+                };
+                at(Some(span), &format!("poller `{name}`: {}", refusal.message))
+            }
         })?;
 
     let fingerprint = match toml::Value::deserialize(ValueDeserializer::from(Spanned::new(
@@ -569,7 +639,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, PollError, PollOutcome};
+    use crate::backend::{Backend, PollError, PollOutcome, Refusal};
     use crate::model::Cursor;
     use async_trait::async_trait;
 
@@ -598,9 +668,9 @@ mod tests {
     impl Backend for Dummy {
         const TYPE: &'static str = "dummy";
         type Config = DummyKeys;
-        fn build(&self, _: PollerContext, keys: DummyKeys) -> Result<Arc<dyn Poller>, String> {
+        fn build(&self, _: PollerContext, keys: DummyKeys) -> Result<Arc<dyn Poller>, Refusal> {
             if keys.branches.iter().any(|b| b.is_empty()) {
-                return Err("empty branch name".into());
+                return Err(Refusal::at("branches", "empty branch name"));
             }
             Ok(Arc::new(DummyPoller))
         }
@@ -715,7 +785,11 @@ properties = { team = "core", n = 3 }
             ),
             (
                 "[sink]\ntype = \"carrier-pigeon\"\n".into(),
-                "unknown variant `carrier-pigeon`",
+                "2:8: unknown sink type `carrier-pigeon`",
+            ),
+            (
+                "[sink]\ntype = \"jsonl\"\npath = \"x\"\nfsync = true\n".into(),
+                "4:1: unknown field `fsync`",
             ),
             (
                 format!("{poller}intervall = \"1m\"\n"),
@@ -723,7 +797,7 @@ properties = { team = "core", n = 3 }
             ),
             (
                 format!("{poller}branches = [\"\"]\n"),
-                "3:8: poller `a`: empty branch name",
+                "5:12: poller `a`: empty branch name",
             ),
             (
                 format!("{poller}{poller}"),

@@ -20,5 +20,5 @@ pub mod scheduler;
 pub mod sink;
 pub mod store;
 
-pub use backend::{Backend, PollError, PollOutcome, Poller, PollerContext, Registry};
+pub use backend::{Backend, PollError, PollOutcome, Poller, PollerContext, Refusal, Registry};
 pub use model::{Change, Cursor, NewChange};

@@ -58,11 +58,13 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {source}{}", os.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
     Open {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+        /// The operating system's reason, when SQLite's is only "disk I/O error".
+        os: Option<std::io::Error>,
     },
     #[error(
         "state database {path} has schema version {found}, newer than this polld understands ({SCHEMA_VERSION}); upgrade polld"
@@ -80,6 +82,12 @@ pub enum StoreError {
     },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("state database: {sql}: {source}")]
+    Io {
+        sql: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state database task failed: {0}")]
     Task(String),
     #[error("state database holds a record that is not valid JSON: {0}")]
@@ -130,23 +138,40 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         create_private_dir(state_dir)?;
         let path = state_dir.join("state.db");
-        let open_error = |source| StoreError::Open {
+        let mut connection = Connection::open(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
             source,
-        };
-        let mut connection = Connection::open(&path).map_err(open_error)?;
+            os: None,
+        })?;
         restrict_to_owner(&path);
-        connection
+        let setup = connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;",
             )
-            .map_err(open_error)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_error)?;
-        migrate(&mut connection, &path)?;
+            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(10)));
+        if let Err(source) = setup {
+            return Err(StoreError::Open {
+                path,
+                source,
+                os: os_error(&connection),
+            });
+        }
+        if let Err(error) = migrate(&mut connection, &path) {
+            return Err(match error {
+                StoreError::Open {
+                    path,
+                    source,
+                    os: None,
+                } => StoreError::Open {
+                    path,
+                    source,
+                    os: os_error(&connection),
+                },
+                other => other,
+            });
+        }
         Ok(Store {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -183,6 +208,16 @@ impl Store {
         changes: &[Change],
     ) -> Result<(), StoreError> {
         let mut connection = self.lock();
+        let result = Self::write_poll(&mut connection, poller, cursor, changes);
+        result.map_err(|error| with_os_error(&connection, error))
+    }
+
+    fn write_poll(
+        connection: &mut Connection,
+        poller: &str,
+        cursor: &Cursor,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
         let transaction = connection.transaction()?;
         let now = unix_now();
         transaction.execute(
@@ -427,6 +462,7 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let open_error = |source| StoreError::Open {
         path: path.to_path_buf(),
         source,
+        os: None,
     };
     let found: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -446,6 +482,36 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
         transaction.commit().map_err(open_error)?;
     }
     Ok(())
+}
+
+/// Adds the operating system's reason to SQLite's I/O errors: "disk I/O error" alone
+/// does not say that the disk is full or read-only.
+fn with_os_error(connection: &Connection, error: StoreError) -> StoreError {
+    let StoreError::Sql(sql) = &error else {
+        return error;
+    };
+    let is_io = matches!(
+        sql.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::CannotOpen
+        )
+    );
+    match os_error(connection) {
+        Some(source) if is_io => StoreError::Io {
+            source,
+            sql: sql.to_string(),
+        },
+        _ => error,
+    }
+}
+
+/// The errno of the connection's last failed system call, if any.
+fn os_error(connection: &Connection) -> Option<std::io::Error> {
+    // SAFETY: the handle belongs to `connection`, which is borrowed for the call.
+    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(connection.handle()) };
+    (errno != 0).then(|| std::io::Error::from_raw_os_error(errno))
 }
 
 /// The state dir holds mirrors of private repositories: only its owner may read it.

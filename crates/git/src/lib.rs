@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use git2::ConfigLevel;
-use polld_core::{Backend, Poller, PollerContext};
+use polld_core::{Backend, Poller, PollerContext, Refusal};
 use serde::Deserialize;
 
 use crate::location::{Location, Transport};
@@ -106,11 +106,12 @@ impl Backend for GitBackend {
     const TYPE: &'static str = "git";
     type Config = GitConfig;
 
-    fn build(&self, context: PollerContext, config: GitConfig) -> Result<Arc<dyn Poller>, String> {
+    fn build(&self, context: PollerContext, config: GitConfig) -> Result<Arc<dyn Poller>, Refusal> {
         // A `GitBackend` built by `Default`/`new` has pinned them already; this is cheap.
         pin_libgit2_globals();
         let scrub = |message: String| error::redact(&message, &context.repo);
-        let location = Location::parse(&context.repo, &context.config_dir).map_err(scrub)?;
+        let location = Location::parse(&context.repo, &context.config_dir)
+            .map_err(|message| Refusal::at("repo", scrub(message)))?;
         let watch = Watch::new(config.branches.as_deref(), &config.tags)?;
         let auth = auth_config(&config, &location, &context)?;
         let remote = self.listings.join(

@@ -54,6 +54,7 @@ impl Location {
             return Self::parse_url(repo, &repo[..scheme_end]);
         }
         if let Some(username) = scp_like_username(repo) {
+            refuse_option_like_host(repo, &repo[..repo.find(':').unwrap_or(0)])?;
             return Ok(Location {
                 url: repo.to_owned(),
                 transport: Transport::Ssh,
@@ -87,6 +88,9 @@ impl Location {
         };
         let rest = &repo[scheme.len() + 3..];
         let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if transport == Transport::Ssh {
+            refuse_option_like_host(repo, authority)?;
+        }
         let url_username = authority.rfind('@').map(|at| {
             let userinfo = &authority[..at];
             userinfo[..userinfo.find(':').unwrap_or(userinfo.len())].to_owned()
@@ -97,6 +101,23 @@ impl Location {
             url_username: url_username.filter(|u| !u.is_empty()),
         })
     }
+}
+
+/// An ssh host or login starting with `-` would be read by an ssh client as an option
+/// (`ssh://-oProxyCommand=...`, the CVE-2017-1000117 class). libgit2's in-process ssh is
+/// not fooled, but no such address is ever legitimate: refuse it at load time.
+fn refuse_option_like_host(repo: &str, user_at_host: &str) -> Result<(), String> {
+    let (user, host) = match user_at_host.rsplit_once('@') {
+        Some((user, host)) => (user, host),
+        None => ("", user_at_host),
+    };
+    if user.starts_with('-') || host.starts_with('-') {
+        return Err(format!(
+            "repo {:?}: an ssh host or login starting with '-' could be taken for an ssh option",
+            polld_core::redact::strip_userinfo(repo)
+        ));
+    }
+    Ok(())
 }
 
 /// The `<transport>` of git's `<transport>::<address>` syntax (`ext::sh -c ...`), which
@@ -132,6 +153,16 @@ mod tests {
 
     fn parse(repo: &str) -> Result<Location, String> {
         Location::parse(repo, Path::new("/etc/polld"))
+    }
+
+    #[test]
+    fn refuses_ssh_hosts_and_logins_that_look_like_options() {
+        assert!(parse("ssh://-oProxyCommand=x/r").is_err());
+        assert!(parse("ssh://-oProxyCommand=x@host/r").is_err());
+        assert!(parse("git+ssh://user@-host/r").is_err());
+        assert!(parse("-oProxyCommand=x:r").is_err());
+        assert!(parse("user@-oProxyCommand=x:r").is_err());
+        assert!(parse("ssh://git@host/-r").is_ok());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polld_core::{Backend, Poller, PollerContext};
+use polld_core::{Backend, Poller, PollerContext, Refusal};
 use serde::Deserialize;
 
 use crate::heads::WireClient;
@@ -120,9 +120,10 @@ impl Backend for HgBackend {
     const TYPE: &'static str = "hg";
     type Config = HgConfig;
 
-    fn build(&self, context: PollerContext, config: HgConfig) -> Result<Arc<dyn Poller>, String> {
+    fn build(&self, context: PollerContext, config: HgConfig) -> Result<Arc<dyn Poller>, Refusal> {
         let scrub = |message: String| error::scrub(&message, &context.repo);
-        let location = Location::parse(&context.repo, &context.config_dir).map_err(scrub)?;
+        let location = Location::parse(&context.repo, &context.config_dir)
+            .map_err(|message| Refusal::at("repo", scrub(message)))?;
         let (names, summary) = watched_names(&config)?;
         let auth = auth_config(&config, &location)?;
         let wire = match location.transport {

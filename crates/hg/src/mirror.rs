@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Timeouts;
 use crate::error::HgError;
+use crate::heads::is_node;
 use crate::hg::{Hg, Invocation};
 
 const EXTENSION: &str = include_str!("polld_heads.py");
@@ -168,6 +169,7 @@ impl Mirror {
         let out = self.log(&any_of(nodes), "{node}\\n").await?;
         Ok(String::from_utf8_lossy(&out)
             .lines()
+            .filter(|line| is_node(line))
             .map(str::to_owned)
             .collect())
     }
@@ -216,8 +218,9 @@ impl Mirror {
         String::from_utf8_lossy(&out)
             .lines()
             .map(|line| match line.split_once(' ') {
-                Some((node, state)) => Ok((node.to_owned(), state == "kept")),
-                None => Err(HgError::Output {
+                // The node goes into later revsets: it must be a node, nothing else.
+                Some((node, state)) if is_node(node) => Ok((node.to_owned(), state == "kept")),
+                _ => Err(HgError::Output {
                     command: "log",
                     detail: format!("unexpected line {line:?}"),
                 }),
@@ -328,6 +331,14 @@ fn parse_changesets(out: &[u8]) -> Result<Vec<Changeset>, HgError> {
     complete
         .chunks(FIELDS)
         .map(|f| {
+            // Nodes go into later commands and revsets: nodes and nothing else.
+            let parents_ok = [&f[4], &f[5]].iter().all(|p| p.is_empty() || is_node(p));
+            if !is_node(&f[0]) || !parents_ok {
+                return Err(bad(format!(
+                    "node {:?} or its parents are not 40 hex digits",
+                    f[0]
+                )));
+            }
             let when = f[3]
                 .split(' ')
                 .next()

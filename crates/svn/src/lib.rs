@@ -35,7 +35,7 @@ mod xml;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polld_core::{Backend, Poller, PollerContext};
+use polld_core::{Backend, Poller, PollerContext, Refusal};
 use serde::Deserialize;
 
 use crate::command::Svn;
@@ -98,10 +98,12 @@ impl Backend for SvnBackend {
     const TYPE: &'static str = "svn";
     type Config = SvnConfig;
 
-    fn build(&self, context: PollerContext, config: SvnConfig) -> Result<Arc<dyn Poller>, String> {
+    fn build(&self, context: PollerContext, config: SvnConfig) -> Result<Arc<dyn Poller>, Refusal> {
         let scrub = |message: String| polld_core::redact::scrub(&message, &context.repo);
-        let location = Location::parse(&context.repo, &context.config_dir).map_err(scrub)?;
-        let splitter = Splitter::new(&config.split)?;
+        let location = Location::parse(&context.repo, &context.config_dir)
+            .map_err(|message| Refusal::at("repo", scrub(message)))?;
+        let splitter =
+            Splitter::new(&config.split).map_err(|message| Refusal::at("split", message))?;
         let username = check_login(&config, &location)?;
         Ok(Arc::new(SvnPoller::new(Settings {
             svn: Svn {
@@ -166,6 +168,7 @@ mod tests {
                 config,
             )
             .map(|poller| poller.describe())
+            .map_err(|refusal| refusal.message)
     }
 
     /// The keys as JSON (serde_json is at hand; the core feeds TOML the same way).

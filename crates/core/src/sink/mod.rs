@@ -66,30 +66,44 @@ pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
     })
 }
 
-/// Checks what serde cannot: URLs and header names, at config load time.
-pub(crate) fn validate(config: &SinkConfig) -> Result<(), String> {
+/// Checks what serde cannot (URLs, header names, timeouts) at config load time. The
+/// error names the key it is about, so the config error can point at it.
+pub(crate) fn validate(config: &SinkConfig) -> Result<(), (&'static str, String)> {
     let check_url = |url: &str| match url::Url::parse(url) {
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
-        Ok(parsed) => Err(format!(
-            "url must be http or https, not {}",
-            parsed.scheme()
+        Ok(parsed) => Err((
+            "url",
+            format!("url must be http or https, not {}", parsed.scheme()),
         )),
-        Err(error) => Err(format!(
-            "invalid url {:?}: {error}",
-            crate::redact::strip_userinfo(url)
+        Err(error) => Err((
+            "url",
+            format!(
+                "invalid url {:?}: {error}",
+                crate::redact::strip_userinfo(url)
+            ),
         )),
+    };
+    let check_timeout = |timeout: &Option<crate::config::HumanDuration>| match timeout {
+        Some(timeout) if timeout.0.is_zero() => {
+            Err(("timeout", "timeout must be greater than zero".to_owned()))
+        }
+        _ => Ok(()),
     };
     match config {
         SinkConfig::Stdout | SinkConfig::Jsonl { .. } => Ok(()),
         SinkConfig::Buildbot(config) => {
             if config.password_env.is_some() && config.username.is_none() {
-                return Err("password_env needs a username".into());
+                return Err(("password_env", "password_env needs a username".into()));
             }
+            check_timeout(&config.timeout)?;
             check_url(&config.url)
         }
         SinkConfig::Webhook(config) => {
+            check_timeout(&config.timeout)?;
             check_url(&config.url)?;
-            webhook::header_map(config).map(|_| ())
+            webhook::header_map(config)
+                .map(|_| ())
+                .map_err(|message| ("headers", message))
         }
     }
 }

@@ -152,7 +152,9 @@ impl Fixture {
 
 pub fn build(context: PollerContext, config: Value) -> Result<Arc<dyn Poller>, String> {
     let config: GitConfig = serde_json::from_value(config).map_err(|e| e.to_string())?;
-    GitBackend::new().build(context, config)
+    GitBackend::new()
+        .build(context, config)
+        .map_err(|refusal| refusal.message)
 }
 
 /// Polls, expects the remote to have moved, stores the new cursor, returns the changes.

@@ -126,7 +126,9 @@ pub fn build_with(
     config: Value,
 ) -> Result<Arc<dyn Poller>, String> {
     let config: HgConfig = serde_json::from_value(config).map_err(|e| e.to_string())?;
-    backend.build(context, config)
+    backend
+        .build(context, config)
+        .map_err(|refusal| refusal.message)
 }
 
 pub fn short_timeouts() -> HgBackend {
