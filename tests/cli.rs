@@ -659,3 +659,31 @@ fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
         out.describe()
     );
 }
+
+#[test]
+fn state_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_a, _b, polld) = good_config();
+    polld.once(&[]).expect_code(0);
+    let mode = |path: &str| {
+        std::fs::metadata(polld.path(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        mode("state"),
+        0o700,
+        "the state dir (mirrors included) is its owner's only"
+    );
+    assert_eq!(
+        mode("state/state.db"),
+        0o600,
+        "state.db is readable by its owner only"
+    );
+    assert!(
+        polld.path("state/mirrors/alpha").is_dir(),
+        "mirrors live inside the private state dir"
+    );
+}
