@@ -3,6 +3,47 @@
 //! A backend turns its own config keys into a [`Poller`]; a poller, given the cursor it
 //! returned last time, lists the remote's state and reports what is new. Backends know
 //! nothing of scheduling, storage or delivery; the core knows nothing of any VCS.
+//!
+//! The README's "Writing a backend" guide, compiled here so it stays true:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use polld_core::{Backend, Cursor, PollError, PollOutcome, Poller, PollerContext, Refusal};
+//!
+//! pub struct MyBackend;
+//!
+//! /// Only this backend's keys: the core has already taken name, type, repo, timing,
+//! /// project, category, codebase, revlink and properties.
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct MyConfig { branches: Option<Vec<String>> }
+//!
+//! impl Backend for MyBackend {
+//!     const TYPE: &'static str = "myvcs";          // the `type` key and the record's `vcs`
+//!     type Config = MyConfig;
+//!     fn build(&self, context: PollerContext, config: MyConfig) -> Result<Arc<dyn Poller>, Refusal> {
+//!         // Validate what serde cannot. Refusal::at("repo", "...") becomes
+//!         // `file:line:col: poller `x`: ...` at the repo key; a plain String points at `type`.
+//!         Ok(Arc::new(MyPoller { context, config }))
+//!     }
+//! }
+//!
+//! struct MyPoller { context: PollerContext, config: MyConfig }
+//!
+//! #[async_trait]
+//! impl Poller for MyPoller {
+//!     async fn poll(&self, cursor: Option<&Cursor>) -> Result<PollOutcome, PollError> {
+//!         // 1. Ask the remote for its state as cheaply as possible.
+//!         // 2. Same as `cursor`? Return PollOutcome::Unchanged (nothing is written).
+//!         // 3. First poll (cursor is None)? Return the new cursor and no changes.
+//!         // 4. Otherwise return the new cursor and the new changes, oldest first.
+//!         let cursor = Cursor::from_state(&"new state").map_err(PollError::new)?;
+//!         Ok(PollOutcome::Advanced { cursor, changes: vec![] })
+//!     }
+//!     fn describe(&self) -> String { "branches default".into() }
+//! }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
