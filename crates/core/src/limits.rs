@@ -58,24 +58,7 @@ mod tests {
     use super::*;
 
     fn change() -> Change {
-        Change {
-            id: "a:main:1".into(),
-            poller: "a".into(),
-            vcs: "git".into(),
-            repository: "/r".into(),
-            branch: Some("main".into()),
-            revision: "1".into(),
-            author: "A <a@x>".into(),
-            committer: None,
-            comments: "short".into(),
-            files: vec!["f".into()],
-            when_timestamp: 0,
-            project: String::new(),
-            category: None,
-            codebase: String::new(),
-            revlink: None,
-            properties: Default::default(),
-        }
+        crate::model::sample_change("a", "1")
     }
 
     #[test]

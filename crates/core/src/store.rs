@@ -548,26 +548,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn change(poller: &str, revision: &str) -> Change {
-        Change {
-            id: format!("{poller}:main:{revision}"),
-            poller: poller.into(),
-            vcs: "git".into(),
-            repository: "/r".into(),
-            branch: Some("main".into()),
-            revision: revision.into(),
-            author: "A <a@x>".into(),
-            committer: None,
-            comments: String::new(),
-            files: vec![],
-            when_timestamp: 0,
-            project: String::new(),
-            category: None,
-            codebase: String::new(),
-            revlink: None,
-            properties: Default::default(),
-        }
-    }
+    use crate::model::sample_change as change;
 
     #[test]
     fn cursor_and_changes_move_together_and_leave_only_when_acknowledged() {
