@@ -832,18 +832,25 @@ fn relative_repo_path_is_relative_to_the_config_file() {
 }
 
 #[test]
-fn first_push_into_an_empty_repository_emits_its_commits() {
-    // The first poll sees no branch at all: the cursor is "no heads". The first push is
-    // then a new branch whose commits are all unreachable from known heads.
+fn first_push_into_an_empty_repository_reports_its_tip_only() {
+    // The first poll sees no branch at all: the cursor is "no heads". With no known
+    // head to stop at, the first push reports its tip, never the history it brings
+    // (which, pushed into a new server, may be years of commits).
     let pair = RemotePair::new();
     let polld = Polld::new(&git_poller("app", &pair.repo(), "branches = [\"main\"]\n"));
     first_poll(&polld);
     let w = &pair.work;
-    let a = w.commit("a", "a\n", "A");
+    w.commit("a", "a\n", "A");
     let b = w.commit("b", "b\n", "B");
     w.push(&["main"]);
     assert_changes(
         &polld.once_ok(),
-        &w.expected_many("app", &pair.repo(), "main", &[a, b]),
+        &[w.expected("app", &pair.repo(), "main", &b)],
+    );
+    let c = w.commit("c", "c\n", "C");
+    w.push(&["main"]);
+    assert_changes(
+        &polld.once_ok(),
+        &[w.expected("app", &pair.repo(), "main", &c)],
     );
 }

@@ -97,7 +97,7 @@ impl InProcess {
             mirror_dir: state_dir.join("mirrors").join(name),
         };
         let config = GitConfig {
-            branches: Some(vec!["main".to_owned()]),
+            branches: Some(polld_core::StringList(vec!["main".to_owned()])),
             ..GitConfig::default()
         };
         Backend::build(&self.backend, context, config).map_err(|e| anyhow!("{name}: {e}"))

@@ -56,6 +56,42 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{Cursor, NewChange};
 
+/// A config value that is one string or a list of strings: `branches = "*"` means the
+/// same as `branches = ["*"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ListVisitor {
+            type Value = StringList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, one: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![one.to_owned()]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StringList, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element::<String>()? {
+                    all.push(one);
+                }
+                Ok(StringList(all))
+            }
+        }
+
+        deserializer.deserialize_any(ListVisitor)
+    }
+}
+
 /// What a poller learnt from one poll.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PollOutcome {

@@ -15,10 +15,11 @@
 //!   second poll fetches increments and can recognise a force push.
 //! - The cursor is `{"refs": {"refs/heads/main": "<sha>", ...}}`, tags recorded at the
 //!   commit they peel to.
-//! - A moved ref whose previous head the mirror no longer has (mirror lost, then a
-//!   force push), and a new ref when none of the previous heads survives anywhere,
-//!   report only their new tip: never a whole history. (With an empty cursor, e.g. an
-//!   empty repository at the first poll, a new branch reports all its commits.)
+//! - No history floods: a ref that appears while the poller knows no head (an empty
+//!   cursor: a tags-only or `release/*` poller before its first match, every watched
+//!   branch deleted, an empty repository), and a moved ref whose previous head the
+//!   mirror no longer has, report only their tip commit, never its ancestry (and nothing
+//!   if a known head already reaches it).
 //! - Names, messages and paths that are not UTF-8 are converted lossily (U+FFFD).
 
 mod cursor;
@@ -36,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use git2::ConfigLevel;
-use polld_core::{Backend, Poller, PollerContext, Refusal};
+use polld_core::{Backend, Poller, PollerContext, Refusal, StringList};
 use serde::Deserialize;
 
 use crate::location::{Location, Transport};
@@ -80,10 +81,11 @@ impl Default for GitBackend {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitConfig {
-    /// Globs on short branch names; `"*"` is every branch. Absent: the branch the
-    /// remote's HEAD points at, followed if the remote changes its HEAD.
+    /// Globs on short branch names (one string or a list); `"*"` is every branch.
+    /// Absent: the branch the remote's HEAD points at, followed if the remote changes
+    /// its HEAD.
     #[serde(default)]
-    pub branches: Option<Vec<String>>,
+    pub branches: Option<StringList>,
     /// `true` for every tag, or globs on short tag names.
     #[serde(default)]
     pub tags: TagSelection,
@@ -112,7 +114,8 @@ impl Backend for GitBackend {
         let scrub = |message: String| error::redact(&message, &context.repo);
         let location = Location::parse(&context.repo, &context.config_dir)
             .map_err(|message| Refusal::at("repo", scrub(message)))?;
-        let watch = Watch::new(config.branches.as_deref(), &config.tags)?;
+        let branches = config.branches.as_ref().map(|list| list.0.as_slice());
+        let watch = Watch::new(branches, &config.tags)?;
         let auth = auth_config(&config, &location, &context)?;
         let remote = self.listings.join(
             RemoteKey {

@@ -3,7 +3,11 @@
 //! Each moved ref is walked along first parents from its new tip, hiding everything
 //! reachable from the poller's known heads and from the tips already processed in the
 //! same poll. So a merge is one change, and a commit that lands on two watched branches
-//! at once is reported once, under the first of them in [`report_order`].
+//! at once is reported once, under the first of them in [`Moves::report_order`].
+//!
+//! A ref whose previous head is lost, and every ref of a poller that knows no head at
+//! all, report their tip only: with nothing to stop the walk, a whole history would be
+//! reported as new.
 
 use std::collections::HashSet;
 
@@ -68,11 +72,21 @@ pub(crate) fn changes(
             known.push(*oid);
         }
     }
-    // The poller knew something, but the mirror has none of it (wiped, and the old
-    // heads gone from the remote). An empty cursor is different: a first branch pushed
-    // into an empty repository reports all its commits.
-    let history_lost =
-        !moves.old.is_empty() && !moves.old.values().any(|oid| mirror.has_object(*oid));
+    // With no known head to stop at (the cursor is empty: a tags-only or `release/*`
+    // poller before its first match, every watched branch deleted; or the mirror lost
+    // every head the poller knew), a ref's whole ancestry would look new. Reporting
+    // thousands of old commits is worse than reporting one: each ref reports its tip.
+    let nothing_known = known.is_empty();
+    // A ref that reports its tip only says nothing of the tip's ancestry, so in the same
+    // poll another such ref still reports its own tip unless the poller knew it before.
+    let known_before = known.clone();
+    if nothing_known && !moves.old.is_empty() {
+        tracing::warn!(
+            poller = log.poller,
+            repo = log.repo,
+            "none of the previous heads is in the mirror; reporting only the new tips"
+        );
+    }
     let mut reported: HashSet<Oid> = HashSet::new();
     let mut changes = Vec::new();
 
@@ -93,38 +107,33 @@ pub(crate) fn changes(
             continue;
         }
 
-        let new_commits = match moves.old.get(name) {
-            Some(&old_tip) if !mirror.has_commit(old_tip) => {
-                // A force push after the mirror lost the old head: its history cannot be
-                // told apart from the rewritten one, and re-reporting years of commits
-                // would be worse than missing a few.
-                if reachable_from_any(repo, tip, &known).map_err(history_error)? {
-                    Vec::new()
-                } else {
-                    tracing::warn!(
-                        poller = log.poller,
-                        repo = log.repo,
-                        branch,
-                        old = %old_tip,
-                        new = %tip,
-                        "the previous head is not in the mirror; reporting only the new tip"
-                    );
-                    vec![tip]
-                }
-            }
-            None if known.is_empty() && history_lost => {
-                // Same reasoning for a new ref: with nothing the poller knew left to
-                // stop at, its whole history would look new.
-                tracing::warn!(
-                    poller = log.poller,
-                    repo = log.repo,
-                    branch,
-                    new = %tip,
-                    "none of the previous heads is in the mirror; reporting only the new tip"
-                );
+        let lost_old_tip = moves
+            .old
+            .get(name)
+            .filter(|old_tip| !mirror.has_commit(**old_tip));
+        if let Some(old_tip) = lost_old_tip {
+            // A force push after the mirror lost the old head: its history cannot be
+            // told apart from the rewritten one.
+            tracing::warn!(
+                poller = log.poller,
+                repo = log.repo,
+                branch,
+                old = %old_tip,
+                new = %tip,
+                "the previous head is not in the mirror; reporting only the new tip"
+            );
+        }
+        let tip_only = nothing_known || lost_old_tip.is_some();
+        let new_commits = if tip_only {
+            if reported.contains(&tip)
+                || is_reachable(repo, tip, &known_before).map_err(history_error)?
+            {
+                Vec::new()
+            } else {
                 vec![tip]
             }
-            _ => first_parent_walk(repo, tip, &known).map_err(history_error)?,
+        } else {
+            first_parent_walk(repo, tip, &known).map_err(history_error)?
         };
 
         let mut fresh = new_commits
@@ -157,13 +166,18 @@ fn first_parent_walk(repo: &Repository, tip: Oid, hidden: &[Oid]) -> Result<Vec<
     walk.collect()
 }
 
-fn reachable_from_any(repo: &Repository, commit: Oid, heads: &[Oid]) -> Result<bool, git2::Error> {
-    for &head in heads {
-        if head == commit || repo.graph_descendant_of(head, commit)? {
-            return Ok(true);
-        }
+/// Whether `commit` is one of `heads` or an ancestor of one (a walk from it that hides
+/// `heads` yields nothing).
+fn is_reachable(repo: &Repository, commit: Oid, heads: &[Oid]) -> Result<bool, git2::Error> {
+    if heads.contains(&commit) {
+        return Ok(true);
     }
-    Ok(false)
+    let mut walk = repo.revwalk()?;
+    walk.push(commit)?;
+    for head in heads {
+        walk.hide(*head)?;
+    }
+    Ok(walk.next().transpose()?.is_none())
 }
 
 /// The contract's branch spelling: `main` for a branch, `refs/tags/v1` for a tag.

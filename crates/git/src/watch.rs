@@ -15,7 +15,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 pub(crate) const HEADS: &str = "refs/heads/";
 pub(crate) const TAGS: &str = "refs/tags/";
 
-/// The `tags` key: `false` (default), `true` (every tag), or globs on tag names.
+/// The `tags` key: `false` (default), `true` (every tag), or globs on tag names (one
+/// string or a list).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum TagSelection {
     #[default]
@@ -32,7 +33,7 @@ impl<'de> Deserialize<'de> for TagSelection {
             type Value = TagSelection;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("true, false, or a list of tag-name globs")
+                f.write_str("true, false, or tag-name globs (a string or a list)")
             }
 
             fn visit_bool<E: de::Error>(self, all: bool) -> Result<TagSelection, E> {
@@ -41,6 +42,10 @@ impl<'de> Deserialize<'de> for TagSelection {
                 } else {
                     TagSelection::None
                 })
+            }
+
+            fn visit_str<E: de::Error>(self, glob: &str) -> Result<TagSelection, E> {
+                Ok(TagSelection::Matching(vec![glob.to_owned()]))
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TagSelection, A::Error> {

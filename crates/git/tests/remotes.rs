@@ -42,11 +42,15 @@ async fn an_empty_remote_then_its_first_commit() {
     let mut cursor = first_poll(&poller).await;
     assert_eq!(cursor.as_ref().unwrap().0, json!({"refs": {}}));
 
-    // Nothing was known: the first branch's commits are all new.
-    let one = empty.commit("one");
+    // Nothing was known, so nothing bounds the first branch's history: only its tip
+    // is reported (never a flood), then every commit after it.
+    empty.commit("one");
     let two = empty.commit("two");
     let changes = advance(&poller, &mut cursor).await;
-    assert_eq!(revisions(&changes), [&one, &two]);
+    assert_eq!(revisions(&changes), [&two]);
+    let three = empty.commit("three");
+    let changes = advance(&poller, &mut cursor).await;
+    assert_eq!(revisions(&changes), [&three]);
 }
 
 #[tokio::test]
@@ -116,7 +120,8 @@ fn build_refuses_what_git_would_misread_or_run() {
     assert!(refused("remote", json!({"branches": ["[oops"]})).contains("[oops"));
     assert!(refused("remote", json!({"tags": ["{a"]})).contains("{a"));
     assert!(refused("remote", json!({"brnaches": ["main"]})).contains("brnaches"));
-    assert!(refused("remote", json!({"tags": "v*"})).contains("list of tag-name globs"));
+    assert!(refused("remote", json!({"tags": 3})).contains("tag-name globs"));
+    assert!(refused("remote", json!({"branches": 3})).contains("a string or a list"));
     assert!(refused("remote", json!({"ssh_key_file": "id"})).contains("ssh"));
     assert!(refused("https://h/x", json!({"password_env": "P"})).contains("username"));
     assert!(refused("https://h/x", json!({"ssh_key_file": "id"})).contains("ssh repos"));

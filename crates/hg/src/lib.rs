@@ -38,19 +38,19 @@ mod location;
 mod mirror;
 mod poller;
 mod walk;
+mod watch;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polld_core::{Backend, Poller, PollerContext, Refusal};
+use polld_core::{Backend, Poller, PollerContext, Refusal, StringList};
 use serde::Deserialize;
 
 use crate::heads::WireClient;
 use crate::location::{Location, Transport};
 use crate::mirror::Mirror;
 use crate::poller::{AuthConfig, HgPoller, Settings};
-use crate::walk::Name;
+use crate::watch::Watch;
 
 /// The `poller` and `repo` fields of this crate's log lines (the repo without
 /// credentials): never a secret.
@@ -101,13 +101,13 @@ impl HgBackend {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HgConfig {
-    /// Named branches to watch; absent: `["default"]`. `[]` with `bookmarks` watches
-    /// bookmarks only.
+    /// Named branches to watch, names or globs (one string or a list); absent:
+    /// `["default"]`. `[]` with `bookmarks` watches bookmarks only.
     #[serde(default)]
-    pub branches: Option<Vec<String>>,
-    /// Bookmarks to watch.
+    pub branches: Option<StringList>,
+    /// Bookmarks to watch, names or globs.
     #[serde(default)]
-    pub bookmarks: Vec<String>,
+    pub bookmarks: StringList,
     /// Login for http(s) basic auth (overrides a user in the URL).
     #[serde(default)]
     pub username: Option<String>,
@@ -124,7 +124,9 @@ impl Backend for HgBackend {
         let scrub = |message: String| error::scrub(&message, &context.repo);
         let location = Location::parse(&context.repo, &context.config_dir)
             .map_err(|message| Refusal::at("repo", scrub(message)))?;
-        let (names, summary) = watched_names(&config)?;
+        let default_branches = StringList(vec!["default".to_owned()]);
+        let branches = config.branches.as_ref().unwrap_or(&default_branches);
+        let watch = Watch::new(&branches.0, &config.bookmarks.0)?;
         let auth = auth_config(&config, &location)?;
         let wire = match location.transport {
             Transport::Http(_) => Some(WireClient::new(self.timeouts.check)?),
@@ -137,48 +139,13 @@ impl Backend for HgBackend {
                 name: context.name,
                 repo: context.repo,
                 location,
-                names,
+                watch,
                 auth,
-                summary,
             },
             mirror,
             wire,
         )))
     }
-}
-
-/// The watched names in report order (branches, then bookmarks), and the `polld
-/// check` line.
-fn watched_names(config: &HgConfig) -> Result<(Vec<Name>, String), String> {
-    let default_branches = vec!["default".to_owned()];
-    let branches = config.branches.as_ref().unwrap_or(&default_branches);
-    let mut seen = HashSet::new();
-    let mut names = Vec::new();
-    for (what, list) in [("branches", branches), ("bookmarks", &config.bookmarks)] {
-        for name in list {
-            if name.trim().is_empty() || name.chars().any(char::is_control) {
-                return Err(format!("{what}: {name:?} is not a valid name"));
-            }
-            if !seen.insert((what, name)) {
-                return Err(format!("{what}: {name:?} is listed twice"));
-            }
-            names.push(match what {
-                "branches" => Name::Branch(name.clone()),
-                _ => Name::Bookmark(name.clone()),
-            });
-        }
-    }
-    if names.is_empty() {
-        return Err("branches = [] and no bookmarks: this poller would watch nothing".into());
-    }
-    let mut parts = Vec::new();
-    if !branches.is_empty() {
-        parts.push(format!("branches {}", branches.join(", ")));
-    }
-    if !config.bookmarks.is_empty() {
-        parts.push(format!("bookmarks {}", config.bookmarks.join(", ")));
-    }
-    Ok((names, parts.join("; ")))
 }
 
 /// Refuses credential keys that cannot apply to the repo, so that they are not silently
@@ -209,36 +176,15 @@ fn auth_config(config: &HgConfig, location: &Location) -> Result<AuthConfig, Str
 mod tests {
     use super::*;
 
-    fn config(branches: Option<&[&str]>, bookmarks: &[&str]) -> HgConfig {
-        HgConfig {
-            branches: branches.map(|b| b.iter().map(|s| s.to_string()).collect()),
-            bookmarks: bookmarks.iter().map(|s| s.to_string()).collect(),
-            ..HgConfig::default()
-        }
-    }
-
-    #[test]
-    fn names_default_to_the_default_branch() {
-        let (names, summary) = watched_names(&config(None, &["@"])).unwrap();
-        assert_eq!(
-            names,
-            [Name::Branch("default".into()), Name::Bookmark("@".into())]
-        );
-        assert_eq!(summary, "branches default; bookmarks @");
-        let (_, summary) = watched_names(&config(Some(&[]), &["@"])).unwrap();
-        assert_eq!(summary, "bookmarks @");
-        assert!(watched_names(&config(Some(&[]), &[])).is_err());
-        assert!(watched_names(&config(Some(&["a", "a"]), &[])).is_err());
-        assert!(watched_names(&config(Some(&[""]), &[])).is_err());
-        // A branch and a bookmark may share a name.
-        assert!(watched_names(&config(Some(&["x"]), &["x"])).is_ok());
+    fn config() -> HgConfig {
+        HgConfig::default()
     }
 
     #[test]
     fn credentials_only_over_http() {
         let local = Location::parse("/srv/r", std::path::Path::new("/")).unwrap();
         let http = Location::parse("https://h/r", std::path::Path::new("/")).unwrap();
-        let mut c = config(None, &[]);
+        let mut c = config();
         c.password_env = Some("PW".into());
         assert!(auth_config(&c, &http).unwrap_err().contains("username"));
         c.username = Some("ada".into());

@@ -275,6 +275,14 @@ impl Mirror {
         parse_changesets(&out)
     }
 
+    /// Exactly these changesets, in revision order.
+    pub(crate) async fn changesets_of(&self, nodes: &[&str]) -> Result<Vec<Changeset>, HgError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        parse_changesets(&self.log(&any_of(nodes), TEMPLATE).await?)
+    }
+
     async fn log(&self, revset: &str, template: &str) -> Result<Vec<u8>, HgError> {
         let hg = self.hg().await?;
         let args: Vec<OsString> = vec![

@@ -12,7 +12,8 @@ use crate::error::HgError;
 use crate::heads::{self, HttpAuth, RemoteHeads, WireClient};
 use crate::location::{Location, Transport};
 use crate::mirror::Mirror;
-use crate::walk::{self, Found, Name};
+use crate::walk::{self, Found};
+use crate::watch::Watch;
 
 /// http(s) credentials as configured: resolved at every poll.
 #[derive(Debug, Clone, Default)]
@@ -26,9 +27,8 @@ pub(crate) struct Settings {
     /// As configured: may hold credentials, so it is used only to scrub messages.
     pub(crate) repo: String,
     pub(crate) location: Location,
-    pub(crate) names: Vec<Name>,
+    pub(crate) watch: Watch,
     pub(crate) auth: AuthConfig,
-    pub(crate) summary: String,
 }
 
 pub(crate) struct HgPoller {
@@ -83,7 +83,10 @@ impl HgPoller {
     async fn poll_inner(&self, cursor: Option<&Cursor>) -> Result<PollOutcome, HgError> {
         let old = cursor.map(cursor::decode).transpose()?;
         let credentials = self.credentials()?;
-        let new = self.watched(self.remote_heads(credentials.as_ref()).await?);
+        let new = self
+            .settings
+            .watch
+            .select(self.remote_heads(credentials.as_ref()).await?);
         if old.as_ref() == Some(&new) {
             return Ok(PollOutcome::Unchanged);
         }
@@ -137,33 +140,17 @@ impl HgPoller {
                     username: &c.username,
                     password: c.password.as_deref(),
                 });
-                let names = &self.settings.names;
-                let branches = names.iter().any(|n| matches!(n, Name::Branch(_)));
-                let bookmarks = names.iter().any(|n| matches!(n, Name::Bookmark(_)));
-                wire.heads(url, auth.as_ref(), branches, bookmarks).await
+                let watch = &self.settings.watch;
+                wire.heads(
+                    url,
+                    auth.as_ref(),
+                    watch.lists_branches(),
+                    watch.lists_bookmarks(),
+                )
+                .await
             }
             _ => heads::parse_polld_heads(&self.mirror.remote_heads(&location.source).await?),
         }
-    }
-
-    /// The watched part of the remote's heads: the next cursor.
-    fn watched(&self, remote: RemoteHeads) -> State {
-        let mut state = State::default();
-        for name in &self.settings.names {
-            match name {
-                Name::Branch(branch) => {
-                    if let Some(heads) = remote.branches.get(branch) {
-                        state.branches.insert(branch.clone(), heads.clone());
-                    }
-                }
-                Name::Bookmark(bookmark) => {
-                    if let Some(node) = remote.bookmarks.get(bookmark) {
-                        state.bookmarks.insert(bookmark.clone(), node.clone());
-                    }
-                }
-            }
-        }
-        state
     }
 
     /// Makes sure the mirror has `nodes`, pulling those it lacks. The first poll does
@@ -221,13 +208,20 @@ impl HgPoller {
             known.insert(node);
         }
         let known_nodes: Vec<&str> = known.iter().map(String::as_str).collect();
-        let fresh = self.mirror.changesets(&new_nodes, &known_nodes).await?;
+        let fresh = if known.is_empty() {
+            // Nothing bounds the walk, so only the new heads are reported (see `walk`):
+            // read just those, not a whole history.
+            self.mirror.changesets_of(&new_nodes).await?
+        } else {
+            self.mirror.changesets(&new_nodes, &known_nodes).await?
+        };
         let found = Found {
             fresh: &fresh,
             known: &known,
             gone: &gone,
         };
-        let mut changes = walk::changes(&self.settings.names, old, new, &found, &self.log());
+        let names = self.settings.watch.names(old, new);
+        let mut changes = walk::changes(&names, old, new, &found, &self.log());
         // Merges list what they brought to the branch, as git's first-parent diff does:
         // one `hg status` each (merges are few; the template cannot say this).
         let merges: HashSet<&str> = fresh
@@ -260,7 +254,7 @@ impl Poller for HgPoller {
     }
 
     fn describe(&self) -> String {
-        self.settings.summary.clone()
+        self.settings.watch.summary().to_owned()
     }
 }
 

@@ -10,6 +10,9 @@
 //!
 //! Names are handled in the config's order (branches, then bookmarks), each oldest
 //! first, and a changeset reported for one name is not reported again for another.
+//!
+//! When no head the poller knew is in the mirror (an empty cursor, or a lost mirror),
+//! a name reports its new heads only: never their ancestry.
 
 use std::collections::{HashMap, HashSet};
 
@@ -101,20 +104,22 @@ pub(crate) fn changes(
             }
         }
 
+        // The mirror has none of the heads that would bound the walk: the cursor is
+        // empty (a bookmark-only poller before its bookmark exists, every watched name
+        // gone), or the mirror was deleted and the remote no longer has them. History
+        // cannot be told apart from new work then, and reporting all of it would be
+        // worse than missing some: report only the new heads.
         let lost = !old_heads.is_empty() && !old_heads.iter().any(|h| found.known.contains(*h));
-        let nothing_known =
-            old_heads.is_empty() && found.known.is_empty() && !old.nodes().is_empty();
-        let mut picked: Vec<usize> = if lost || nothing_known {
-            // The mirror has none of the heads that would bound the walk (it was
-            // deleted and the remote no longer has them): its history cannot be told
-            // apart from new work, and re-reporting all of it would be worse than
-            // missing some. Report only the new heads.
+        let heads_only = lost || found.known.is_empty();
+        if lost || (heads_only && !old.nodes().is_empty()) {
             tracing::warn!(
                 poller = log.poller,
                 repo = log.repo,
                 branch,
                 "none of the previous heads is in the mirror; reporting only the new heads"
             );
+        }
+        let mut picked: Vec<usize> = if heads_only {
             new_heads
                 .iter()
                 .filter(|h| !old_heads.contains(h))
@@ -260,11 +265,8 @@ mod tests {
         let old = state(&[("default", &['z'])], &[]);
         let new = state(&[("default", &['b'])], &[]);
         assert_eq!(run(&names, &old, &new, &fresh, &[]), ["default:b"]);
-        // An empty cursor (empty repository at the first poll) reports everything.
+        // An empty cursor (a name that did not exist yet) reports its heads only too.
         let empty = State::default();
-        assert_eq!(
-            run(&names, &empty, &new, &fresh, &[]),
-            ["default:a", "default:b"]
-        );
+        assert_eq!(run(&names, &empty, &new, &fresh, &[]), ["default:b"]);
     }
 }

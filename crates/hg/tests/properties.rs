@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use polld_core::{Backend, Cursor, NewChange, PollError, PollOutcome, Poller, PollerContext};
+use polld_core::{
+    Backend, Cursor, NewChange, PollError, PollOutcome, Poller, PollerContext, StringList,
+};
 use polld_hg::{HgBackend, HgConfig, Timeouts};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -268,7 +270,7 @@ fn node() -> impl Strategy<Value = String> {
     })
 }
 
-/// A name hg and the config accept: not blank, no control character.
+/// A name hg and the config accept: not blank, no control character, no glob character.
 fn name() -> impl Strategy<Value = String> {
     let char = prop_oneof![
         3 => prop::char::range('a', 'z'),
@@ -278,7 +280,9 @@ fn name() -> impl Strategy<Value = String> {
     prop::collection::vec(char, 1..10)
         .prop_map(|chars| chars.into_iter().collect::<String>())
         .prop_filter("a valid name", |n| {
-            !n.trim().is_empty() && !n.chars().any(char::is_control)
+            !n.trim().is_empty()
+                && !n.chars().any(char::is_control)
+                && !n.contains(['*', '?', '[', '{'])
         })
 }
 
@@ -406,8 +410,8 @@ fn watched() -> impl Strategy<Value = (Remote, Vec<String>, Vec<String>)> {
 
 fn config(branches: Vec<String>, bookmarks: Vec<String>) -> HgConfig {
     HgConfig {
-        branches: Some(branches),
-        bookmarks,
+        branches: Some(StringList(branches)),
+        bookmarks: StringList(bookmarks),
         ..HgConfig::default()
     }
 }
