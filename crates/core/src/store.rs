@@ -11,15 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::{Change, Cursor};
 
 /// The schema this build writes. Each later version adds one step to [`MIGRATIONS`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE cursors (
         poller     TEXT PRIMARY KEY,
         cursor     TEXT NOT NULL,
@@ -48,7 +51,13 @@ const MIGRATIONS: &[&str] = &["
         last_success INTEGER,
         last_error   TEXT
     );
-"];
+",
+    "
+    -- The backend type that wrote each cursor: another backend cannot read it (the
+    -- poller's type changed), so it is then ignored. NULL: written before version 2.
+    ALTER TABLE cursors ADD COLUMN vcs TEXT;
+",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -92,6 +101,24 @@ pub enum StoreError {
     Task(String),
     #[error("state database holds a record that is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+/// A cursor as stored, with the backend type that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCursor {
+    /// `None` for a cursor written before polld recorded it.
+    pub vcs: Option<String>,
+    pub cursor: Cursor,
+}
+
+impl StoredCursor {
+    /// The cursor, if a poller of backend `vcs` can read it.
+    pub fn readable_by(&self, vcs: &str) -> Option<&Cursor> {
+        match &self.vcs {
+            Some(writer) if writer != vcs => None,
+            _ => Some(&self.cursor),
+        }
+    }
 }
 
 /// A change waiting in the outbox.
@@ -186,44 +213,53 @@ impl Store {
     }
 
     /// Every poller's cursor, by poller name.
-    pub fn cursors(&self) -> Result<HashMap<String, Cursor>, StoreError> {
+    pub fn cursors(&self) -> Result<HashMap<String, StoredCursor>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare("SELECT poller, cursor FROM cursors")?;
+        let mut statement = connection.prepare("SELECT poller, vcs, cursor FROM cursors")?;
         let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, String>(2)?,
+            ))
         })?;
         let mut cursors = HashMap::new();
         for row in rows {
-            let (poller, cursor) = row?;
-            cursors.insert(poller, serde_json::from_str(&cursor)?);
+            let (poller, vcs, cursor) = row?;
+            let cursor = serde_json::from_str(&cursor)?;
+            cursors.insert(poller, StoredCursor { vcs, cursor });
         }
         Ok(cursors)
     }
 
-    /// Moves `poller`'s cursor and queues `changes` (oldest first), atomically.
+    /// Moves `poller`'s cursor (written by backend `vcs`) and queues `changes` (oldest
+    /// first), atomically.
     pub fn commit_poll(
         &self,
         poller: &str,
+        vcs: &str,
         cursor: &Cursor,
         changes: &[Change],
     ) -> Result<(), StoreError> {
         let mut connection = self.lock();
-        let result = Self::write_poll(&mut connection, poller, cursor, changes);
+        let result = Self::write_poll(&mut connection, poller, vcs, cursor, changes);
         result.map_err(|error| with_os_error(&connection, error))
     }
 
     fn write_poll(
         connection: &mut Connection,
         poller: &str,
+        vcs: &str,
         cursor: &Cursor,
         changes: &[Change],
     ) -> Result<(), StoreError> {
         let transaction = connection.transaction()?;
         let now = unix_now();
         transaction.execute(
-            "INSERT INTO cursors (poller, cursor, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (poller) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-            params![poller, serde_json::to_string(cursor)?, now],
+            "INSERT INTO cursors (poller, vcs, cursor, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (poller) DO UPDATE SET
+                 vcs = excluded.vcs, cursor = excluded.cursor, updated_at = excluded.updated_at",
+            params![poller, vcs, serde_json::to_string(cursor)?, now],
         )?;
         {
             let mut insert = transaction.prepare_cached(
@@ -234,13 +270,6 @@ impl Store {
             }
         }
         transaction.commit()?;
-        Ok(())
-    }
-
-    /// Removes a poller's cursor: its next poll is a first poll.
-    pub fn forget_cursor(&self, poller: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute("DELETE FROM cursors WHERE poller = ?1", [poller])?;
         Ok(())
     }
 
@@ -268,12 +297,21 @@ impl Store {
         Ok(counts)
     }
 
-    /// Up to `limit` queued changes, oldest first.
-    pub fn peek(&self, limit: usize) -> Result<Vec<Queued>, StoreError> {
+    /// The pollers that have changes waiting for the sink.
+    pub fn pending_pollers(&self) -> Result<Vec<String>, StoreError> {
         let connection = self.lock();
-        let mut statement =
-            connection.prepare_cached("SELECT seq, change FROM outbox ORDER BY seq LIMIT ?1")?;
-        let rows = statement.query_map([limit as i64], |row| {
+        let mut statement = connection.prepare_cached("SELECT DISTINCT poller FROM outbox")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` of `poller`'s queued changes, oldest first.
+    pub fn peek(&self, poller: &str, limit: usize) -> Result<Vec<Queued>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT seq, change FROM outbox WHERE poller = ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![poller, limit as i64], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
         })?;
         let mut queued = Vec::new();
@@ -442,10 +480,14 @@ impl StateLock {
             path: state_dir.to_path_buf(),
             source,
         };
+        if let Err(error) = crate::private::tighten(state_dir) {
+            tracing::warn!(state_dir = %state_dir.display(), %error, "cannot restrict the state directory to its owner");
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(lock_error)?;
         match file.try_lock() {
@@ -556,13 +598,25 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let cursor = Cursor(json!({"refs": {"refs/heads/main": "b"}}));
         store
-            .commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")])
+            .commit_poll(
+                "app",
+                "git",
+                &cursor,
+                &[change("app", "a"), change("app", "b")],
+            )
             .unwrap();
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.cursors().unwrap()["app"], cursor);
-        let queued = store.peek(10).unwrap();
+        let stored = &store.cursors().unwrap()["app"];
+        assert_eq!(stored.readable_by("git"), Some(&cursor));
+        assert_eq!(
+            stored.readable_by("hg"),
+            None,
+            "another backend cannot read it"
+        );
+        assert_eq!(store.pending_pollers().unwrap(), ["app"]);
+        let queued = store.peek("app", 10).unwrap();
         assert_eq!(
             queued
                 .iter()
@@ -571,7 +625,7 @@ mod tests {
             ["a", "b"]
         );
         store.acknowledge(&[queued[0].seq]).unwrap();
-        assert_eq!(store.peek(10).unwrap().len(), 1);
+        assert_eq!(store.peek("app", 10).unwrap().len(), 1);
     }
 
     #[test]
@@ -580,15 +634,20 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let cursor = Cursor(json!({}));
         store
-            .commit_poll("app", &cursor, &[change("app", "a"), change("app", "b")])
+            .commit_poll(
+                "app",
+                "git",
+                &cursor,
+                &[change("app", "a"), change("app", "b")],
+            )
             .unwrap();
-        let first = store.peek(1).unwrap()[0].seq;
+        let first = store.peek("app", 1).unwrap()[0].seq;
         store.dead_letter(first, "HTTP 400").unwrap();
         let status = store.status(&["app"]).unwrap();
         assert_eq!((status[0].pending, status[0].dead_letters), (1, 1));
         assert_eq!(store.redeliver(Some("other")).unwrap(), 0);
         assert_eq!(store.redeliver(Some("app")).unwrap(), 1);
-        assert_eq!(store.peek(10).unwrap()[0].change.revision, "a");
+        assert_eq!(store.peek("app", 10).unwrap()[0].change.revision, "a");
     }
 
     #[test]

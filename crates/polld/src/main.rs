@@ -78,6 +78,8 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before any thread or file exists: everything under the state dir is owner-only.
+    polld_core::private::restrict_umask();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let config_path = cli.config.clone();
@@ -154,6 +156,13 @@ async fn run(config: Config, load: control::Loader) -> anyhow::Result<ExitCode> 
         },
         None => None,
     };
+    // Listen for signals before anything starts, so one sent while polld is still
+    // starting is handled (a SIGTERM stops it cleanly, a SIGHUP reloads once running)
+    // instead of killing it.
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => anyhow::bail!("cannot install signal handlers: {error}"),
+    };
     let listen = config.daemon.listen;
     let shutdown = CancellationToken::new();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -186,7 +195,7 @@ async fn run(config: Config, load: control::Loader) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    tokio::spawn(handle_signals(shutdown.clone(), control, load));
+    tokio::spawn(signals.handle(shutdown.clone(), control, load));
     daemon.await.context("polld run")?.context("polld run")?;
     if let Some(server) = server {
         let _ = server.await;
@@ -251,26 +260,40 @@ async fn once(config: &Config, names: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGINT and SIGTERM stop the daemon; SIGHUP reloads its config.
-async fn handle_signals(shutdown: CancellationToken, control: Arc<Control>, load: control::Loader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut hangup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop polld with SIGKILL");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the config");
-                let _ = reload(&control, &load).await;
-            }
-            () = shutdown.cancelled() => return,
-        }
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
-    tracing::info!("stopping: no new polls; waiting for the ones in flight");
-    shutdown.cancel();
+
+    async fn handle(
+        mut self,
+        shutdown: CancellationToken,
+        control: Arc<Control>,
+        load: control::Loader,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => break,
+                _ = self.terminate.recv() => break,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = reload(&control, &load).await;
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+        tracing::info!("stopping: no new polls; waiting for the ones in flight");
+        shutdown.cancel();
+    }
 }
