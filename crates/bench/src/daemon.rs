@@ -235,7 +235,7 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
     {
         let store = polld_core::store::Store::open(&state)?;
         for name in &names {
-            store.commit_poll(name, plan.cursor, &[])?;
+            store.commit_poll(name, "git", plan.cursor, &[])?;
         }
     }
     let mirrors: Vec<PathBuf> = names

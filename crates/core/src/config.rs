@@ -353,6 +353,12 @@ impl DaemonKeys {
                     "max_concurrent_polls must be at least 1",
                 ));
             }
+            Some(n) if *n.get_ref() > MAX_CONCURRENT_POLLS => {
+                return Err(at(
+                    Some(n.span()),
+                    &format!("max_concurrent_polls must be at most {MAX_CONCURRENT_POLLS}"),
+                ));
+            }
             Some(n) => n.into_inner(),
             None => 32,
         };
@@ -606,9 +612,29 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// A duration written as a humantime string (`"90s"`, `"1h 30m"`) or integer seconds.
+/// A duration written as a humantime string (`"90s"`, `"1h 30m"`) or integer seconds,
+/// at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
+
+/// The longest duration a config may say: 100 years (`"100y"`, for a poller that only
+/// polls when pushed). Longer ones are refused rather than overflowing a clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// The most polls `max_concurrent_polls` may allow at once.
+pub const MAX_CONCURRENT_POLLS: usize = 1_000_000;
+
+impl HumanDuration {
+    fn bounded<E: de::Error>(duration: Duration) -> Result<Self, E> {
+        if duration > MAX_DURATION {
+            return Err(E::custom(format!(
+                "{} is longer than polld supports (100 years)",
+                humantime::format_duration(duration)
+            )));
+        }
+        Ok(HumanDuration(duration))
+    }
+}
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -619,17 +645,17 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration such as \"90s\", \"10m\", \"1h 30m\", or whole seconds")
             }
             fn visit_u64<E: de::Error>(self, seconds: u64) -> Result<Self::Value, E> {
-                Ok(HumanDuration(Duration::from_secs(seconds)))
+                HumanDuration::bounded(Duration::from_secs(seconds))
             }
             fn visit_i64<E: de::Error>(self, seconds: i64) -> Result<Self::Value, E> {
-                u64::try_from(seconds)
-                    .map(|s| HumanDuration(Duration::from_secs(s)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let seconds = u64::try_from(seconds)
+                    .map_err(|_| E::custom("a duration cannot be negative"))?;
+                HumanDuration::bounded(Duration::from_secs(seconds))
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
                 humantime::parse_duration(text)
-                    .map(HumanDuration)
                     .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+                    .and_then(HumanDuration::bounded)
             }
         }
         deserializer.deserialize_any(DurationVisitor)
@@ -822,6 +848,22 @@ properties = { team = "core", n = 3 }
             (
                 format!("{poller}interval = \"soon\"\n"),
                 "5:12: invalid duration \"soon\"",
+            ),
+            (
+                format!("{poller}interval = 9000000000000\n"),
+                "5:12: 285192years 9months 14days 16h 57m 36s is longer than polld supports",
+            ),
+            (
+                format!("{poller}interval = \"101y\"\n"),
+                "5:12: 101years is longer than polld supports",
+            ),
+            (
+                "[sink]\ntype = \"jsonl\"\npath = \"/dev/null\"\n".into(),
+                "3:8: [sink]: path /dev/null is not a regular file",
+            ),
+            (
+                "[daemon]\nmax_concurrent_polls = 9000000000000000000\n".into(),
+                "2:24: max_concurrent_polls must be at most 1000000",
             ),
             (
                 format!("{poller}jitter = \"1s\"\njitter_min = \"2s\"\n"),

@@ -6,18 +6,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, QueuedSignal};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::repo_key::repo_key;
 use crate::scheduler::{PollTarget, Scheduled, Scheduler, SchedulerHandle};
 use crate::sink;
 use crate::store::{StateLock, Store, StoreError};
+use crate::supervise::{Health, TaskHealth, panic_message, supervise};
 
 /// How often poll outcomes are saved for `polld status`: batched, so that a poll that
 /// finds nothing writes nothing to disk by itself.
@@ -41,6 +42,7 @@ pub struct Control {
     engine: Arc<Engine>,
     store: Store,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     running: AtomicBool,
 }
 
@@ -65,9 +67,18 @@ impl Control {
         &self.store
     }
 
-    /// True while the scheduler runs (for `/healthz`).
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
+    /// `Ok` while the daemon runs whole (for `/healthz`); otherwise why not: it is
+    /// stopping, or one of its tasks is gone for good.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.running.load(Ordering::SeqCst) {
+            return Err("stopping".to_owned());
+        }
+        self.health.check()
+    }
+
+    /// The daemon's own tasks: panics caught, and any that stopped.
+    pub fn tasks(&self) -> std::collections::BTreeMap<&'static str, TaskHealth> {
+        self.health.tasks()
     }
 
     /// Polls `poller` now, coalesced with a poll in flight. False if there is none.
@@ -99,7 +110,7 @@ impl Control {
     /// Switches to `new`: unchanged pollers keep their schedule and cursor, changed ones
     /// restart (as at launch) with their cursor, removed ones stop (their cursor stays in
     /// the store), new ones start as at launch. A poller whose type changed starts with
-    /// no cursor, since the new backend cannot read the old one.
+    /// no cursor, since the new backend cannot read the old one (see `Engine::cursor`).
     pub async fn reload(&self, new: Config) -> ReloadSummary {
         let old = self.config();
         let mut summary = ReloadSummary::default();
@@ -114,12 +125,7 @@ impl Control {
             match old.pollers.iter().find(|p| p.name == poller.name) {
                 None => summary.added.push(poller.name.clone()),
                 Some(before) if before.fingerprint == poller.fingerprint => summary.unchanged += 1,
-                Some(before) => {
-                    if before.vcs != poller.vcs
-                        && let Err(error) = self.engine.forget_cursor(&poller.name).await
-                    {
-                        tracing::error!(poller = %poller.name, %error, "cannot reset the cursor of a poller whose type changed");
-                    }
+                Some(_) => {
                     restart.insert(poller.name.clone());
                     summary.restarted.push(poller.name.clone());
                 }
@@ -180,7 +186,7 @@ pub async fn run(
     started: impl FnOnce(Arc<Control>),
 ) -> Result<(), DaemonError> {
     let (_lock, store) = open_store(&config).await?;
-    let queued = Arc::new(Notify::new());
+    let queued = Arc::new(QueuedSignal::default());
     let metrics = Arc::new(Metrics::new());
     let engine = Arc::new(Engine::new(
         store.clone(),
@@ -189,39 +195,67 @@ pub async fn run(
         Arc::clone(&queued),
     )?);
 
+    let health = Arc::new(Health::default());
     let stop_delivery = CancellationToken::new();
-    let delivery = tokio::spawn(
-        Delivery::new(store.clone(), open_sink(&config)?)
-            .run(Arc::clone(&queued), stop_delivery.clone()),
-    );
-    let status_saver = tokio::spawn(save_status_periodically(
-        Arc::clone(&engine),
-        shutdown.clone(),
-    ));
+    let delivery = Delivery::new(store.clone(), open_sink(&config)?, Arc::clone(&metrics));
+    let delivering = tokio::spawn({
+        let (delivery, queued, stop) =
+            (delivery.clone(), Arc::clone(&queued), stop_delivery.clone());
+        supervise(
+            "delivery",
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+            move || delivery.clone().run(Arc::clone(&queued), stop.clone()),
+        )
+    });
+    let status_saver = tokio::spawn({
+        let (engine, stop) = (Arc::clone(&engine), shutdown.clone());
+        supervise(
+            "status",
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+            move || save_status_periodically(Arc::clone(&engine), stop.clone()),
+        )
+    });
 
     let scheduler = Scheduler::new(scheduled(&config), config.daemon.max_concurrent_polls);
     let grace = config.daemon.shutdown_grace;
-    let mut last_delivery = Delivery::new(store.clone(), open_sink(&config)?);
     let control = Arc::new(Control {
         scheduler: scheduler.handle(),
         engine: Arc::clone(&engine),
         store,
-        metrics,
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
         running: AtomicBool::new(true),
         config: Mutex::new(Arc::new(config)),
     });
     tracing::info!(pollers = control.config().pollers.len(), "polld running");
     started(Arc::clone(&control));
     let target: Arc<dyn PollTarget> = engine.clone();
-    scheduler.run(target, shutdown, grace).await;
+    // The scheduler holds every poller's place: it is not restarted. If it dies, the
+    // daemon stays up saying so on /healthz (503) until it is stopped.
+    if let Err(join) = tokio::spawn(scheduler.run(target, shutdown.clone(), grace)).await {
+        let message = if join.is_panic() {
+            panic_message(join.into_panic().as_ref())
+        } else {
+            join.to_string()
+        };
+        metrics.panicked("scheduler");
+        tracing::error!(error = %message, "the scheduler stopped; no poller polls until polld is restarted");
+        health.stopped("scheduler", message);
+        shutdown.cancelled().await;
+    }
     control.running.store(false, Ordering::SeqCst);
 
     let _ = status_saver.await;
     engine.save_poll_records().await;
     // Give the sink a last chance to take what the final polls queued.
     stop_delivery.cancel();
-    let _ = delivery.await;
-    match tokio::time::timeout(FINAL_DELIVERY, last_delivery.drain()).await {
+    let last_delivery = async {
+        let _ = delivering.await;
+        delivery.drain().await
+    };
+    match tokio::time::timeout(FINAL_DELIVERY, last_delivery).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::warn!(%error, "changes stay queued for the next start"),
         Err(_) => {
@@ -250,7 +284,7 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Daemo
         store.clone(),
         config.pollers.clone(),
         Arc::new(Metrics::new()),
-        Arc::new(Notify::new()),
+        Arc::new(QueuedSignal::default()),
     )?);
     let permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_polls));
     let mut polls = JoinSet::new();
@@ -283,7 +317,7 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Daemo
     report.failed.sort();
     engine.save_poll_records().await;
 
-    let mut delivery = Delivery::new(store, open_sink(config)?);
+    let delivery = Delivery::new(store, open_sink(config)?, Arc::new(Metrics::new()));
     match delivery.drain().await {
         Ok(delivered) => report.delivered = delivered,
         Err(error) => report.delivery_error = Some(error.to_string()),
@@ -308,7 +342,7 @@ fn scheduled(config: &Config) -> Vec<Scheduled> {
         .collect()
 }
 
-fn open_sink(config: &Config) -> Result<Box<dyn sink::Sink>, DaemonError> {
+fn open_sink(config: &Config) -> Result<Arc<dyn sink::Sink>, DaemonError> {
     sink::open(&config.sink).map_err(DaemonError::Sink)
 }
 

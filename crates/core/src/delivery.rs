@@ -1,24 +1,39 @@
-//! Moving queued changes from the outbox to the sink.
+//! Moving queued changes from the outbox to the sink, one lane per poller.
 //!
-//! Changes leave in outbox order. Only what the sink acknowledged is deleted; a sink that
-//! is unavailable is retried with backoff, in order, dropping nothing; a change the sink
-//! refuses goes to the dead letters so it blocks nothing behind it.
+//! Each poller's changes leave in the order they were queued, and each poller is its
+//! own lane: a change one poller cannot deliver (the receiver answers 5xx for it, is
+//! slower than the timeout, or refuses it) holds up only that poller's lane, which
+//! retries with its own backoff while the other lanes go on. When the sink as a whole
+//! cannot be reached (connection refused, a full disk), every lane waits together: one
+//! outage, one backoff, logged once.
+//!
+//! Only what the sink acknowledged leaves the outbox. If the outbox cannot be updated
+//! after an acknowledgement (the state disk is full or read-only), delivery stops until
+//! it can: sending on would re-send the acknowledged changes on every retry.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff;
+use crate::metrics::Metrics;
 use crate::model::Change;
 use crate::sink::{Sink, SinkError, SinkFailure};
 use crate::store::{Queued, Store, StoreError};
+use crate::supervise::catch_panic;
 
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(300);
-/// How often an idle delivery loop looks at the outbox anyway.
-const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Retrying to settle the outbox when the state cannot be written: no longer than this.
+const SETTLE_RETRY_CAP: Duration = Duration::from_secs(60);
+/// How often the outbox is looked at anyway, for changes another process put back
+/// (`polld redeliver`).
+const RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -28,139 +43,543 @@ pub enum DeliveryError {
     Sink(String),
 }
 
-/// What one attempt to deliver one batch achieved (an unavailable sink is an `Err`).
-enum Attempt {
-    /// The outbox is empty.
-    Empty,
-    /// `delivered` changes were acknowledged; then the sink may have refused one, which
-    /// is now a dead letter.
-    Progress {
-        delivered: usize,
-        refused: Option<String>,
-    },
+/// Tells the delivery loop which pollers have queued changes.
+#[derive(Debug, Default)]
+pub struct QueuedSignal {
+    pollers: Mutex<BTreeSet<String>>,
+    notify: Notify,
 }
 
+impl QueuedSignal {
+    /// `poller` queued changes: its lane has work.
+    pub fn queued(&self, poller: &str) {
+        let mut pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
+        if pollers.insert(poller.to_owned()) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.pollers.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The delivery side of the daemon: a sink and the outbox it empties.
+#[derive(Clone)]
 pub struct Delivery {
     store: Store,
-    sink: Box<dyn Sink>,
+    sink: Arc<dyn Sink>,
+    metrics: Arc<Metrics>,
 }
 
 impl Delivery {
-    pub fn new(store: Store, sink: Box<dyn Sink>) -> Self {
-        Delivery { store, sink }
+    pub fn new(store: Store, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
+        Delivery {
+            store,
+            sink,
+            metrics,
+        }
     }
 
-    /// Delivers until `shutdown`, waking on `queued`, retrying an unavailable sink with
-    /// backoff forever. Each unavailability streak is logged once.
-    pub async fn run(mut self, queued: Arc<Notify>, shutdown: CancellationToken) {
-        let mut failures = 0u32;
+    /// Delivers until `shutdown`, waking when `queued` says a lane has work, retrying
+    /// failures with backoff forever. Attempts in flight at shutdown are finished.
+    pub async fn run(self, queued: Arc<QueuedSignal>, shutdown: CancellationToken) {
+        let mut lanes = Lanes::new(self, Mode::Forever);
+        lanes.refresh().await;
+        let mut next_recheck = Instant::now() + RECHECK;
         loop {
-            match self.attempt().await {
-                Ok(Attempt::Progress { .. }) => {
-                    if failures > 0 {
-                        tracing::info!(failures, "sink is taking changes again");
-                        failures = 0;
-                    }
-                    continue;
-                }
-                Ok(Attempt::Empty) => {
-                    // Changes queued by this process wake us at once; the timer finds
-                    // those another process put back (`polld redeliver`).
-                    tokio::select! {
-                        () = queued.notified() => continue,
-                        () = tokio::time::sleep(IDLE_RECHECK) => continue,
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-                Err(DeliveryError::Sink(error)) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(%error, "delivery failed; changes stay queued and are retried in order");
-                    }
-                }
-                Err(DeliveryError::Store(error)) => {
-                    failures += 1;
-                    tracing::error!(%error, "cannot read the outbox");
-                }
+            for poller in queued.take() {
+                lanes.open(poller);
             }
-            let wait = backoff::uniform(Duration::ZERO, RETRY_BASE)
-                + backoff::exponential(failures, RETRY_BASE, RETRY_CAP);
+            if Instant::now() >= next_recheck {
+                lanes.refresh().await;
+                next_recheck = Instant::now() + RECHECK;
+            }
+            lanes.settle_or_dispatch().await;
+            let wake = lanes
+                .next_wake()
+                .map_or(next_recheck, |at| at.min(next_recheck));
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
+                Some(joined) = lanes.in_flight.join_next_with_id() => lanes.finished(joined),
+                () = queued.notify.notified() => {}
+                () = tokio::time::sleep_until(wake) => {}
+                () = shutdown.cancelled() => break,
             }
+        }
+        while let Some(joined) = lanes.in_flight.join_next_with_id().await {
+            lanes.finished(joined);
         }
     }
 
-    /// Delivers everything queued, once through: stops at the first unavailability.
-    /// Returns how many changes were delivered; changes the sink refused are
-    /// dead-lettered and reported as an error once the rest went through.
-    pub async fn drain(&mut self) -> Result<usize, DeliveryError> {
-        let mut total = 0;
-        let mut refusals = Vec::new();
-        while let Attempt::Progress { delivered, refused } = self.attempt().await? {
-            total += delivered;
-            refusals.extend(refused);
+    /// Delivers everything queued, once through, without waiting for any backoff: a
+    /// lane whose change is not taken now is left for later, an unreachable sink stops
+    /// it all. Returns how many changes were delivered; what was left or refused (now a
+    /// dead letter) is reported as an error once the rest went through.
+    pub async fn drain(&self) -> Result<usize, DeliveryError> {
+        let mut lanes = Lanes::new(self.clone(), Mode::Once(Vec::new()));
+        lanes.refresh().await;
+        loop {
+            lanes.settle_or_dispatch().await;
+            match lanes.in_flight.join_next_with_id().await {
+                Some(joined) => lanes.finished(joined),
+                None => break,
+            }
         }
-        match refusals.first() {
-            None => Ok(total),
+        let Mode::Once(problems) = lanes.mode else {
+            unreachable!("drain runs in Mode::Once")
+        };
+        if let Some(error) = lanes.store_error {
+            return Err(DeliveryError::Store(error));
+        }
+        match problems.first() {
+            None => Ok(lanes.delivered),
             Some(first) => Err(DeliveryError::Sink(format!(
-                "{} change(s) refused and dead-lettered; first: {first}",
-                refusals.len()
+                "{} change(s) not delivered; {} delivered; first: {first}",
+                problems.len(),
+                lanes.delivered
             ))),
         }
     }
+}
 
-    async fn peek(&self, limit: usize) -> Result<Vec<Queued>, DeliveryError> {
-        let store = self.store.clone();
-        Ok(blocking(move || store.peek(limit)).await?)
+/// How failures are handled.
+enum Mode {
+    /// `polld run`: retry with backoff, forever.
+    Forever,
+    /// `polld once` and the last delivery at shutdown: a lane that fails is closed and
+    /// its problem kept; an unreachable sink closes every lane.
+    Once(Vec<String>),
+}
+
+/// One poller's place in delivery.
+#[derive(Debug, Default)]
+struct Lane {
+    /// A batch with this lane's changes is being delivered.
+    busy: bool,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// Not before this, after a failure.
+    retry_at: Option<Instant>,
+    /// `Mode::Once` gave up on this lane.
+    closed: bool,
+}
+
+/// The sink as a whole was unreachable: every lane waits.
+#[derive(Debug, Default)]
+struct Outage {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A change to the outbox that the sink's answer calls for.
+#[derive(Debug)]
+enum Settle {
+    /// The sink has these: remove them.
+    Acknowledged(Vec<i64>),
+    /// The sink will never take this one.
+    Refused { seq: i64, reason: String },
+}
+
+/// What one attempt did, for the dispatcher.
+struct Report {
+    /// The lanes of the batch, in batch order.
+    lanes: Vec<String>,
+    delivered: usize,
+    /// The first change the sink did not acknowledge: its poller and why.
+    failure: Option<(String, SinkError)>,
+    /// Outbox updates that could not be written, and the store's error.
+    unsettled: Option<(Vec<Settle>, StoreError)>,
+}
+
+/// The dispatcher's state: every lane with work, the attempts in flight, and what
+/// stops everything (an outage of the sink, an outbox that cannot be written).
+struct Lanes {
+    delivery: Delivery,
+    mode: Mode,
+    lanes: BTreeMap<String, Lane>,
+    /// The lane that had the last turn: turns go round, so no lane starves the rest.
+    last_turn: Option<String>,
+    in_flight: JoinSet<Report>,
+    /// The lanes of each attempt in flight.
+    in_flight_lanes: HashMap<tokio::task::Id, Vec<String>>,
+    outage: Outage,
+    /// Acknowledged or refused changes whose outbox rows could not be updated. While
+    /// there are any, nothing is sent: sending would repeat them.
+    unsettled: Vec<Settle>,
+    settle_failures: u32,
+    settle_retry_at: Option<Instant>,
+    /// The store could not be read or written (for `drain`'s answer).
+    store_error: Option<StoreError>,
+    delivered: usize,
+}
+
+impl Lanes {
+    fn new(delivery: Delivery, mode: Mode) -> Self {
+        Lanes {
+            delivery,
+            mode,
+            lanes: BTreeMap::new(),
+            last_turn: None,
+            in_flight: JoinSet::new(),
+            in_flight_lanes: HashMap::new(),
+            outage: Outage::default(),
+            unsettled: Vec::new(),
+            settle_failures: 0,
+            settle_retry_at: None,
+            store_error: None,
+            delivered: 0,
+        }
     }
 
-    /// Hands the oldest batch to the sink and settles the outbox with its answer.
-    /// An unavailable sink is an `Err`; a refused change is dead-lettered (`Failed`).
-    async fn attempt(&mut self) -> Result<Attempt, DeliveryError> {
-        let batch = self.peek(self.sink.max_batch().max(1)).await?;
-        if batch.is_empty() {
-            return Ok(Attempt::Empty);
+    fn open(&mut self, poller: String) {
+        self.lanes.entry(poller).or_default();
+    }
+
+    /// Opens a lane for every poller with queued changes.
+    async fn refresh(&mut self) {
+        let store = self.delivery.store.clone();
+        match blocking(move || store.pending_pollers()).await {
+            Ok(pollers) => {
+                for poller in pollers {
+                    self.open(poller);
+                }
+            }
+            Err(error) => self.store_unreadable(error),
         }
-        let changes: Vec<Change> = batch.iter().map(|q| q.change.clone()).collect();
-        let result = self.sink.deliver(&changes).await;
-        let acknowledged = match &result {
-            Ok(()) => batch.len(),
-            Err(failure) => failure.acknowledged.min(batch.len()),
+    }
+
+    /// Settles what could not be settled, or else starts attempts up to the sink's
+    /// capacity (one at a time while the sink is unreachable).
+    async fn settle_or_dispatch(&mut self) {
+        let now = Instant::now();
+        if !self.unsettled.is_empty() {
+            if self.settle_retry_at.is_none_or(|at| at <= now) {
+                self.settle_again().await;
+            }
+            return;
+        }
+        if self.outage.retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        let capacity = if self.outage.failures > 0 {
+            1
+        } else {
+            self.delivery.sink.max_in_flight().max(1)
         };
-        let seqs: Vec<i64> = batch[..acknowledged].iter().map(|q| q.seq).collect();
-        let store = self.store.clone();
-        blocking(move || store.acknowledge(&seqs)).await?;
-        let delivered = Attempt::Progress {
-            delivered: acknowledged,
-            refused: None,
-        };
-        let Err(SinkFailure { error, .. }) = result else {
-            return Ok(delivered);
-        };
-        let Some(failed) = batch.get(acknowledged) else {
-            return Ok(delivered);
-        };
-        let (seq, poller) = (failed.seq, failed.change.poller.clone());
-        let store = self.store.clone();
-        match error {
-            SinkError::Refused(reason) => {
-                tracing::error!(%poller, revision = %failed.change.revision, %reason, "sink refused a change; moved to the dead letters (see `polld redeliver`)");
-                let message = reason.clone();
-                blocking(move || store.dead_letter(seq, &message)).await?;
-                Ok(Attempt::Progress {
-                    delivered: acknowledged,
-                    refused: Some(reason),
+        while self.in_flight.len() < capacity {
+            let batch = self.next_batch(now).await;
+            if batch.is_empty() {
+                break;
+            }
+            let mut lanes: Vec<String> = Vec::new();
+            for queued in &batch {
+                if lanes.last() != Some(&queued.change.poller) {
+                    lanes.push(queued.change.poller.clone());
+                }
+            }
+            for lane in &lanes {
+                if let Some(state) = self.lanes.get_mut(lane) {
+                    state.busy = true;
+                }
+            }
+            let attempt = attempt(self.delivery.clone(), batch, lanes.clone());
+            let id = self.in_flight.spawn(attempt).id();
+            self.in_flight_lanes.insert(id, lanes);
+        }
+    }
+
+    /// Up to the sink's batch size of the oldest changes of the lanes whose turn it is:
+    /// lanes not busy, not closed, not backing off, in round-robin order.
+    async fn next_batch(&mut self, now: Instant) -> Vec<Queued> {
+        let max_batch = self.delivery.sink.max_batch().max(1);
+        let start = self.last_turn.clone();
+        let ready: Vec<String> = {
+            let after = self
+                .lanes
+                .iter()
+                .filter(|(name, _)| start.as_ref().is_none_or(|s| *name > s));
+            let before = self
+                .lanes
+                .iter()
+                .filter(|(name, _)| start.as_ref().is_some_and(|s| *name <= s));
+            after
+                .chain(before)
+                .filter(|(_, lane)| {
+                    !lane.busy && !lane.closed && lane.retry_at.is_none_or(|at| at <= now)
                 })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let mut batch = Vec::new();
+        for poller in ready {
+            let store = self.delivery.store.clone();
+            let limit = max_batch - batch.len();
+            let name = poller.clone();
+            match blocking(move || store.peek(&name, limit)).await {
+                Ok(changes) if changes.is_empty() => {
+                    self.lanes.remove(&poller);
+                }
+                Ok(changes) => {
+                    batch.extend(changes);
+                    self.last_turn = Some(poller);
+                }
+                Err(error) => {
+                    self.store_unreadable(error);
+                    break;
+                }
             }
-            SinkError::Unavailable(reason) => {
-                let message = reason.clone();
-                blocking(move || store.record_attempt(seq, &message)).await?;
-                Err(DeliveryError::Sink(reason))
+            if batch.len() >= max_batch {
+                break;
+            }
+        }
+        batch
+    }
+
+    /// Takes in the report of a finished attempt.
+    fn finished(&mut self, joined: Result<(tokio::task::Id, Report), tokio::task::JoinError>) {
+        let report = match joined {
+            Ok((id, report)) => {
+                self.in_flight_lanes.remove(&id);
+                report
+            }
+            Err(join) => {
+                // Attempts catch their sink's panics and are never aborted, so this is a
+                // bug; still, its lanes must not stay busy for ever.
+                let lanes = self.in_flight_lanes.remove(&join.id()).unwrap_or_default();
+                tracing::error!(error = %join, "a delivery attempt was lost");
+                for poller in &lanes {
+                    if let Some(lane) = self.lanes.get_mut(poller) {
+                        lane.busy = false;
+                    }
+                }
+                if let Some(first) = lanes.first() {
+                    self.lane_failed(first, format!("a delivery attempt was lost: {join}"));
+                }
+                return;
+            }
+        };
+        for poller in &report.lanes {
+            if let Some(lane) = self.lanes.get_mut(poller) {
+                lane.busy = false;
+            }
+        }
+        self.delivered += report.delivered;
+        if let Some((settles, error)) = report.unsettled {
+            self.cannot_settle(settles, error);
+        }
+        let failed_lane = report.failure.as_ref().map(|(poller, _)| poller.clone());
+        // Every lane of the batch before the failing change got through.
+        for poller in &report.lanes {
+            if Some(poller) == failed_lane.as_ref() {
+                break;
+            }
+            self.lane_recovered(poller);
+        }
+        let reached_the_sink = !matches!(report.failure, Some((_, SinkError::Unreachable(_))));
+        if reached_the_sink && self.outage.failures > 0 {
+            tracing::info!(
+                failures = self.outage.failures,
+                "the sink is reachable again; delivery resumes"
+            );
+            self.outage = Outage::default();
+        }
+        match report.failure {
+            None => {}
+            Some((poller, SinkError::Refused(reason))) => {
+                tracing::error!(%poller, %reason, "the sink refused a change; moved to the dead letters (see `polld redeliver`)");
+                if let Mode::Once(problems) = &mut self.mode {
+                    problems.push(format!(
+                        "poller {poller}: refused and dead-lettered: {reason}"
+                    ));
+                }
+            }
+            Some((poller, SinkError::Retry(reason))) => self.lane_failed(&poller, reason),
+            Some((_, SinkError::Unreachable(reason))) => self.sink_unreachable(reason),
+        }
+    }
+
+    fn lane_recovered(&mut self, poller: &str) {
+        if let Some(lane) = self.lanes.get_mut(poller)
+            && lane.failures > 0
+        {
+            tracing::info!(%poller, failures = lane.failures, "the sink takes this poller's changes again");
+            lane.failures = 0;
+            lane.retry_at = None;
+        }
+    }
+
+    fn lane_failed(&mut self, poller: &str, reason: String) {
+        let lane = self.lanes.entry(poller.to_owned()).or_default();
+        if let Mode::Once(problems) = &mut self.mode {
+            lane.closed = true;
+            problems.push(format!("poller {poller}: {reason}"));
+            return;
+        }
+        lane.failures += 1;
+        let wait = retry_delay(lane.failures, RETRY_CAP);
+        lane.retry_at = Some(Instant::now() + wait);
+        if lane.failures == 1 {
+            tracing::warn!(%poller, error = %reason, retry_in = %humantime::format_duration(wait), "delivery of this poller's next change failed; its changes wait and are retried in order, other pollers' go on");
+        } else {
+            tracing::debug!(%poller, error = %reason, failures = lane.failures, "delivery failed again");
+        }
+    }
+
+    fn sink_unreachable(&mut self, reason: String) {
+        if let Mode::Once(problems) = &mut self.mode {
+            for lane in self.lanes.values_mut() {
+                lane.closed = true;
+            }
+            problems.push(reason);
+            return;
+        }
+        self.outage.failures += 1;
+        let wait = retry_delay(self.outage.failures, RETRY_CAP);
+        self.outage.retry_at = Some(Instant::now() + wait);
+        if self.outage.failures == 1 {
+            tracing::warn!(error = %reason, "the sink cannot be reached; changes stay queued and are retried in order");
+        } else {
+            tracing::debug!(error = %reason, failures = self.outage.failures, "the sink is still unreachable");
+        }
+    }
+
+    fn store_unreadable(&mut self, error: StoreError) {
+        self.sink_unreachable(format!("cannot read the outbox: {error}"));
+        self.store_error = Some(error);
+    }
+
+    fn cannot_settle(&mut self, settles: Vec<Settle>, error: StoreError) {
+        if self.unsettled.is_empty() {
+            tracing::error!(%error, "the sink took changes but the outbox cannot be updated; delivery stops until the state can be written, so they are not sent again");
+        }
+        self.unsettled.extend(settles);
+        self.settle_failures = self.settle_failures.max(1);
+        self.settle_retry_at = Some(Instant::now() + retry_delay(1, SETTLE_RETRY_CAP));
+        if matches!(self.mode, Mode::Once(_)) {
+            for lane in self.lanes.values_mut() {
+                lane.closed = true;
+            }
+        }
+        self.store_error = Some(error);
+    }
+
+    /// Tries again to write what the sink's answers called for.
+    async fn settle_again(&mut self) {
+        let store = self.delivery.store.clone();
+        let pending = std::mem::take(&mut self.unsettled);
+        let (left, result) = tokio::task::spawn_blocking(move || settle(&store, pending))
+            .await
+            .unwrap_or_else(|join| (Vec::new(), Err(StoreError::Task(join.to_string()))));
+        match result {
+            Ok(()) => {
+                tracing::info!("the outbox can be written again; delivery resumes");
+                self.settle_failures = 0;
+                self.settle_retry_at = None;
+                self.store_error = None;
+            }
+            Err(error) => {
+                self.unsettled = left;
+                self.settle_failures += 1;
+                self.settle_retry_at =
+                    Some(Instant::now() + retry_delay(self.settle_failures, SETTLE_RETRY_CAP));
+                tracing::debug!(%error, "the outbox still cannot be written");
+                self.store_error = Some(error);
             }
         }
     }
+
+    /// When something is due: a lane's retry, the end of an outage's backoff, another
+    /// try at settling.
+    fn next_wake(&self) -> Option<Instant> {
+        if !self.unsettled.is_empty() {
+            return self.settle_retry_at;
+        }
+        if let Some(at) = self.outage.retry_at.filter(|_| self.outage.failures > 0) {
+            return Some(at);
+        }
+        self.lanes
+            .values()
+            .filter(|lane| !lane.busy && !lane.closed)
+            .filter_map(|lane| lane.retry_at)
+            .min()
+    }
+}
+
+/// Hands one batch to the sink and settles the outbox with its answer.
+async fn attempt(delivery: Delivery, batch: Vec<Queued>, lanes: Vec<String>) -> Report {
+    let changes: Vec<Change> = batch.iter().map(|q| q.change.clone()).collect();
+    let result = match catch_panic(delivery.sink.deliver(&changes)).await {
+        Ok(result) => result,
+        Err(panic) => {
+            delivery.metrics.panicked("delivery");
+            Err(SinkFailure {
+                acknowledged: 0,
+                error: SinkError::Retry(format!("the sink {panic}")),
+            })
+        }
+    };
+    let acknowledged = match &result {
+        Ok(()) => batch.len(),
+        Err(failure) => failure.acknowledged.min(batch.len()),
+    };
+    let mut settles = Vec::new();
+    if acknowledged > 0 {
+        settles.push(Settle::Acknowledged(
+            batch[..acknowledged].iter().map(|q| q.seq).collect(),
+        ));
+    }
+    let failure = match result {
+        Ok(()) => None,
+        Err(failure) => batch
+            .get(acknowledged)
+            .map(|queued| (queued, failure.error)),
+    };
+    if let Some((queued, error)) = &failure {
+        match error {
+            SinkError::Refused(reason) => settles.push(Settle::Refused {
+                seq: queued.seq,
+                reason: reason.clone(),
+            }),
+            SinkError::Retry(reason) | SinkError::Unreachable(reason) => {
+                // For `polld status` only: failing to note it changes nothing.
+                let (store, seq, reason) = (delivery.store.clone(), queued.seq, reason.clone());
+                if let Err(error) = blocking(move || store.record_attempt(seq, &reason)).await {
+                    tracing::debug!(%error, "cannot note a failed delivery attempt");
+                }
+            }
+        }
+    }
+    let store = delivery.store.clone();
+    let (left, settled) = tokio::task::spawn_blocking(move || settle(&store, settles))
+        .await
+        .unwrap_or_else(|join| (Vec::new(), Err(StoreError::Task(join.to_string()))));
+    Report {
+        lanes,
+        delivered: acknowledged,
+        failure: failure.map(|(queued, error)| (queued.change.poller.clone(), error)),
+        unsettled: settled.err().map(|error| (left, error)),
+    }
+}
+
+/// Applies `settles` in order; on an error, returns the ones not applied.
+fn settle(store: &Store, settles: Vec<Settle>) -> (Vec<Settle>, Result<(), StoreError>) {
+    let mut settles = settles.into_iter();
+    while let Some(next) = settles.next() {
+        let applied = match &next {
+            Settle::Acknowledged(seqs) => store.acknowledge(seqs),
+            Settle::Refused { seq, reason } => store.dead_letter(*seq, reason),
+        };
+        if let Err(error) = applied {
+            let mut left = vec![next];
+            left.extend(settles);
+            return (left, Err(error));
+        }
+    }
+    (Vec::new(), Ok(()))
+}
+
+fn retry_delay(failures: u32, cap: Duration) -> Duration {
+    backoff::uniform(Duration::ZERO, RETRY_BASE) + backoff::exponential(failures, RETRY_BASE, cap)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -169,5 +588,188 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(join) => Err(StoreError::Task(join.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Cursor, sample_change};
+    use async_trait::async_trait;
+
+    type Answer = dyn Fn(&Change) -> Result<(), SinkError> + Send + Sync;
+
+    /// Answers each change as `answer` says, one change per call, and records what it
+    /// acknowledged.
+    struct ScriptedSink {
+        answer: Mutex<Box<Answer>>,
+        taken: Mutex<Vec<String>>,
+    }
+
+    impl ScriptedSink {
+        fn new(
+            answer: impl Fn(&Change) -> Result<(), SinkError> + Send + Sync + 'static,
+        ) -> Arc<Self> {
+            Arc::new(ScriptedSink {
+                answer: Mutex::new(Box::new(answer)),
+                taken: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn answer(
+            &self,
+            answer: impl Fn(&Change) -> Result<(), SinkError> + Send + Sync + 'static,
+        ) {
+            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(answer);
+        }
+
+        fn taken(&self) -> Vec<String> {
+            self.taken.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Sink for ScriptedSink {
+        async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure> {
+            for (acknowledged, change) in changes.iter().enumerate() {
+                // A panicking answer poisons the lock: the test goes on with it.
+                let answer = (self.answer.lock().unwrap_or_else(|p| p.into_inner()))(change);
+                if let Err(error) = answer {
+                    return Err(SinkFailure {
+                        acknowledged,
+                        error,
+                    });
+                }
+                self.taken.lock().unwrap().push(change.id.clone());
+            }
+            Ok(())
+        }
+
+        fn max_batch(&self) -> usize {
+            1
+        }
+
+        fn max_in_flight(&self) -> usize {
+            2
+        }
+    }
+
+    fn queue(store: &Store, poller: &str, revisions: &[&str]) {
+        let changes: Vec<Change> = revisions.iter().map(|r| sample_change(poller, r)).collect();
+        store
+            .commit_poll(poller, "git", &Cursor(serde_json::json!({})), &changes)
+            .unwrap();
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn start(store: &Store, sink: &Arc<ScriptedSink>) -> (Arc<QueuedSignal>, CancellationToken) {
+        let delivery = Delivery::new(store.clone(), sink.clone(), Arc::new(Metrics::new()));
+        let (queued, stop) = (Arc::new(QueuedSignal::default()), CancellationToken::new());
+        tokio::spawn(delivery.run(Arc::clone(&queued), stop.clone()));
+        (queued, stop)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poller_whose_changes_fail_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        queue(&store, "a", &["a1", "a2"]);
+        queue(&store, "b", &["b1"]);
+        let sink = ScriptedSink::new(|change| match change.poller.as_str() {
+            "a" => Err(SinkError::Retry("HTTP 500".into())),
+            _ => Ok(()),
+        });
+        let (queued, stop) = start(&store, &sink);
+        until("b's change", || sink.taken() == ["b:main:b1"]).await;
+        queue(&store, "b", &["b2"]);
+        queued.queued("b");
+        until("b's second change", || sink.taken().len() == 2).await;
+        assert_eq!(store.status(&["a"]).unwrap()[0].pending, 2);
+
+        sink.answer(|_| Ok(()));
+        until("a's changes, in order", || sink.taken().len() == 4).await;
+        assert_eq!(
+            sink.taken(),
+            ["b:main:b1", "b:main:b2", "a:main:a1", "a:main:a2"]
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_sink_holds_every_lane_and_a_refusal_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        queue(&store, "a", &["a1", "bad", "a2"]);
+        queue(&store, "b", &["b1"]);
+        let sink = ScriptedSink::new(|_| Err(SinkError::Unreachable("connection refused".into())));
+        let (_queued, stop) = start(&store, &sink);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(sink.taken().is_empty());
+        sink.answer(|change| match change.revision.as_str() {
+            "bad" => Err(SinkError::Refused("HTTP 400".into())),
+            _ => Ok(()),
+        });
+        until("everything but the refused change", || {
+            sink.taken().len() == 3
+        })
+        .await;
+        let a: Vec<String> = sink
+            .taken()
+            .into_iter()
+            .filter(|id| id.starts_with("a:"))
+            .collect();
+        assert_eq!(a, ["a:main:a1", "a:main:a2"]);
+        assert_eq!(store.status(&["a"]).unwrap()[0].dead_letters, 1);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_sink_is_one_lane_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        queue(&store, "a", &["a1"]);
+        queue(&store, "b", &["b1"]);
+        let sink = ScriptedSink::new(|change| {
+            assert_ne!(change.poller, "a", "a sink bug");
+            Ok(())
+        });
+        let (_queued, stop) = start(&store, &sink);
+        until("b's change", || sink.taken() == ["b:main:b1"]).await;
+        until("a's failure noted", || {
+            store.status(&["a"]).unwrap()[0]
+                .last_delivery_error
+                .as_deref()
+                .is_some_and(|e| e.contains("the sink panicked: assertion"))
+        })
+        .await;
+        sink.answer(|_| Ok(()));
+        until("a's change after its backoff", || sink.taken().len() == 2).await;
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn drain_leaves_a_failing_lane_for_later_and_delivers_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        queue(&store, "a", &["a1", "a2"]);
+        queue(&store, "b", &["b1", "b2"]);
+        let sink = ScriptedSink::new(|change| match change.poller.as_str() {
+            "a" => Err(SinkError::Retry("HTTP 503".into())),
+            _ => Ok(()),
+        });
+        let delivery = Delivery::new(store.clone(), sink.clone(), Arc::new(Metrics::new()));
+        let error = delivery.drain().await.unwrap_err().to_string();
+        assert!(error.contains("poller a: HTTP 503"), "{error}");
+        assert_eq!(sink.taken(), ["b:main:b1", "b:main:b2"]);
+        assert_eq!(store.status(&["a"]).unwrap()[0].pending, 2);
     }
 }

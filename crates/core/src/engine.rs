@@ -10,11 +10,13 @@ use tracing::Instrument;
 
 use crate::backend::PollOutcome;
 use crate::config::PollerConfig;
+use crate::delivery::QueuedSignal;
 use crate::metrics::Metrics;
 use crate::model::{Change, Cursor, NewChange};
 use crate::redact;
 use crate::scheduler::PollTarget;
-use crate::store::{PollRecord, Store, unix_now};
+use crate::store::{PollRecord, Store, StoredCursor, unix_now};
+use crate::supervise::catch_panic;
 
 /// Runs polls and stores what they find. Cursors are cached in memory (the store is
 /// written only when a poll finds something), and poll outcomes are kept for
@@ -23,13 +25,13 @@ pub struct Engine {
     store: Store,
     /// Swapped whole by a reload; a poll in flight keeps the config it started with.
     pollers: RwLock<HashMap<String, Arc<PollerConfig>>>,
-    cursors: Mutex<HashMap<String, Cursor>>,
+    cursors: Mutex<HashMap<String, StoredCursor>>,
     records: Mutex<HashMap<String, PollRecord>>,
     /// Woken when `records` gains its first entry since the last save.
     unsaved: Notify,
     metrics: Arc<Metrics>,
-    /// Woken whenever changes are queued.
-    delivery: Arc<Notify>,
+    /// Told whenever changes are queued.
+    queued: Arc<QueuedSignal>,
 }
 
 impl Engine {
@@ -37,7 +39,7 @@ impl Engine {
         store: Store,
         pollers: Vec<PollerConfig>,
         metrics: Arc<Metrics>,
-        delivery: Arc<Notify>,
+        queued: Arc<QueuedSignal>,
     ) -> Result<Self, crate::store::StoreError> {
         let cursors = store.cursors()?;
         let engine = Engine {
@@ -47,7 +49,7 @@ impl Engine {
             records: Mutex::new(HashMap::new()),
             unsaved: Notify::new(),
             metrics,
-            delivery,
+            queued,
         };
         engine.set_pollers(pollers);
         Ok(engine)
@@ -60,19 +62,6 @@ impl Engine {
             .map(|p| (p.name.clone(), Arc::new(p)))
             .collect();
         *self.pollers.write().unwrap_or_else(|p| p.into_inner()) = pollers;
-    }
-
-    /// Forgets a poller's cursor, in memory and in the store: for a poller whose type
-    /// changed, whose old cursor the new backend could not read.
-    pub async fn forget_cursor(&self, name: &str) -> Result<(), crate::store::StoreError> {
-        self.cursors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        let (store, name) = (self.store.clone(), name.to_owned());
-        tokio::task::spawn_blocking(move || store.forget_cursor(&name))
-            .await
-            .unwrap_or_else(|join| Err(crate::store::StoreError::Task(join.to_string())))
     }
 
     fn poller(&self, name: &str) -> Option<Arc<PollerConfig>> {
@@ -115,12 +104,15 @@ impl Engine {
 
     async fn poll_and_store(&self, poller: &PollerConfig) -> Result<usize, String> {
         let started = Instant::now();
-        let cursor = self.cursor(&poller.name);
-        let outcome = poller
-            .poller
-            .poll(cursor.as_ref())
-            .await
-            .map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?;
+        let cursor = self.cursor(poller);
+        let outcome = match catch_panic(poller.poller.poll(cursor.as_ref())).await {
+            Ok(polled) => polled.map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?,
+            Err(panic) => {
+                self.metrics.panicked("poll");
+                tracing::error!(error = %panic, "the poll panicked; it counts as a failed poll");
+                return Err(format!("the poll {panic}"));
+            }
+        };
         let PollOutcome::Advanced { cursor, changes } = outcome else {
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -133,20 +125,21 @@ impl Engine {
             .map(|c| make_change(poller, c))
             .collect();
         let count = changes.len();
-        let first_poll = self.cursor(&poller.name).is_none();
+        let first_poll = self.cursor(poller).is_none();
         let store = self.store.clone();
-        let name = poller.name.clone();
+        let (name, vcs) = (poller.name.clone(), poller.vcs);
         let stored = cursor.clone();
-        tokio::task::spawn_blocking(move || store.commit_poll(&name, &stored, &changes))
+        tokio::task::spawn_blocking(move || store.commit_poll(&name, vcs, &stored, &changes))
             .await
             .map_err(|e| format!("storing the poll's result: {e}"))?
             .map_err(|e| format!("storing the poll's result: {e}"))?;
+        let vcs = Some(poller.vcs.to_owned());
         self.cursors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(poller.name.clone(), cursor);
+            .insert(poller.name.clone(), StoredCursor { vcs, cursor });
         if count > 0 {
-            self.delivery.notify_one();
+            self.queued.queued(&poller.name);
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if first_poll {
@@ -160,11 +153,15 @@ impl Engine {
         Ok(count)
     }
 
-    fn cursor(&self, name: &str) -> Option<Cursor> {
+    /// The poller's cursor, unless another backend wrote it: a poller whose `type`
+    /// changed starts afresh, also when a poll of its old type stored a cursor after
+    /// the change.
+    fn cursor(&self, poller: &PollerConfig) -> Option<Cursor> {
         self.cursors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(name)
+            .get(&poller.name)
+            .and_then(|stored| stored.readable_by(poller.vcs))
             .cloned()
     }
 

@@ -14,11 +14,15 @@ pub mod engine;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod private;
 pub mod redact;
 pub mod repo_key;
 pub mod scheduler;
 pub mod sink;
 pub mod store;
+pub mod supervise;
 
-pub use backend::{Backend, PollError, PollOutcome, Poller, PollerContext, Refusal, Registry};
+pub use backend::{
+    Backend, PollError, PollOutcome, Poller, PollerContext, Refusal, Registry, StringList,
+};
 pub use model::{Change, Cursor, NewChange};

@@ -25,6 +25,12 @@ struct PollLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    /// `poll`, `delivery`, or one of the daemon's own tasks.
+    task: &'static str,
+}
+
 type HistogramFamily = Family<PollerLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -36,6 +42,7 @@ pub struct Metrics {
     failure_streak: Family<PollerLabel, Gauge>,
     pending: Family<PollerLabel, Gauge>,
     dead_letters: Family<PollerLabel, Gauge>,
+    panics: Family<TaskLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +64,7 @@ impl Metrics {
         let failure_streak = Family::<PollerLabel, Gauge>::default();
         let pending = Family::<PollerLabel, Gauge>::default();
         let dead_letters = Family::<PollerLabel, Gauge>::default();
+        let panics = Family::<TaskLabel, Counter>::default();
         registry.register("polls", "Polls finished, by result", polls.clone());
         registry.register(
             "poll_duration_seconds",
@@ -88,6 +96,11 @@ impl Metrics {
             "Changes the sink refused (see `polld redeliver`)",
             dead_letters.clone(),
         );
+        registry.register(
+            "panics",
+            "Tasks that panicked and were recovered or restarted, by task",
+            panics.clone(),
+        );
         Metrics {
             registry,
             polls,
@@ -97,6 +110,7 @@ impl Metrics {
             failure_streak,
             pending,
             dead_letters,
+            panics,
         }
     }
 
@@ -130,6 +144,11 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// Counts a panic caught in `task` (a poll, a delivery, a daemon task).
+    pub fn panicked(&self, task: &'static str) {
+        self.panics.get_or_create(&TaskLabel { task }).inc();
     }
 
     /// Sets the queue gauges: (pending, dead letters) per poller. Pollers absent from
@@ -189,6 +208,7 @@ mod tests {
         metrics.poll_finished("app", 0.002, Ok(3), 1_700_000_000);
         metrics.poll_finished("app", 0.5, Err(()), 1_700_000_001);
         metrics.set_queues(&["app"], &HashMap::from([("app".to_owned(), (2, 1))]));
+        metrics.panicked("poll");
         let text = metrics.encode();
         for expected in [
             "polld_polls_total{poller=\"app\",result=\"ok\"} 1",
@@ -199,6 +219,7 @@ mod tests {
             "polld_consecutive_failures{poller=\"app\"} 1",
             "polld_deliveries_pending{poller=\"app\"} 2",
             "polld_dead_letters{poller=\"app\"} 1",
+            "polld_panics_total{task=\"poll\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in:\n{text}");
         }

@@ -24,10 +24,16 @@ use tokio_util::time::delay_queue::Key;
 
 use crate::backoff;
 use crate::config::Timing;
+use crate::supervise::catch_panic;
 
 /// The first retry after a failed poll waits this long; each further one twice as long,
 /// up to the poller's interval.
 pub const RETRY_BASE: Duration = Duration::from_secs(5);
+
+/// The timer queue holds no deadline further away than this (its wheel spans about two
+/// years). A poll due later (an interval of `"100y"` for a push-only poller) is
+/// reached by waking up at the horizon and looking again.
+const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Whatever actually polls: the [`crate::engine::Engine`] in polld, a recorder in tests.
 #[async_trait]
@@ -114,15 +120,35 @@ struct Slot {
     next_slot: Instant,
     /// `next_slot` plus this cycle's jitter: when the next regular poll is due.
     next_due: Instant,
-    /// The poller's entry in the timer queue (due at `next_due`, or earlier for a retry).
+    /// When the failed last poll is retried, if before `next_due`.
+    retry_at: Option<Instant>,
+    /// The poller's entry in the timer queue: due at the earlier of `next_due` and
+    /// `retry_at`, or at the horizon.
     timer: Key,
-    running: bool,
-    rerun: bool,
     failures: u32,
+}
+
+impl Slot {
+    /// When the timer should fire next.
+    fn wake_at(&self, now: Instant) -> Instant {
+        let due = self
+            .retry_at
+            .map_or(self.next_due, |at| at.min(self.next_due));
+        due.min(now + TIMER_HORIZON)
+    }
+}
+
+/// A poll in flight. Kept apart from the [`Slot`]s because it outlives them: a poller
+/// removed, re-added or restarted by reloads while it polls must not poll again until
+/// that poll ends, and a rerun asked for meanwhile must still happen.
+#[derive(Debug, Default)]
+struct Running {
+    rerun: bool,
 }
 
 pub struct Scheduler {
     slots: HashMap<String, Slot>,
+    running: HashMap<String, Running>,
     timers: DelayQueue<String>,
     commands: mpsc::UnboundedReceiver<Command>,
     sender: mpsc::UnboundedSender<Command>,
@@ -141,6 +167,7 @@ impl Scheduler {
         };
         let mut scheduler = Scheduler {
             slots: HashMap::new(),
+            running: HashMap::new(),
             timers: DelayQueue::new(),
             commands,
             sender,
@@ -184,7 +211,9 @@ impl Scheduler {
             next_slot += timing.interval;
         }
         let next_due = if timing.at_launch { now } else { next_slot } + jitter(&timing);
-        let timer = self.timers.insert_at(name.clone(), next_due);
+        let timer = self
+            .timers
+            .insert_at(name.clone(), next_due.min(now + TIMER_HORIZON));
         self.slots.insert(
             name,
             Slot {
@@ -192,9 +221,8 @@ impl Scheduler {
                 repo,
                 next_slot,
                 next_due,
+                retry_at: None,
                 timer,
-                running: false,
-                rerun: false,
                 failures: 0,
             },
         );
@@ -259,29 +287,28 @@ impl Scheduler {
             match self.slots.get(&name) {
                 None => self.add(poller, now),
                 Some(_) if restart.contains(&name) => {
-                    // Keep `running` so a poll in flight is never doubled; the restarted
-                    // schedule takes over when it ends.
-                    let old = self.slots.remove(&name);
-                    if let Some(old) = &old {
+                    // A poll in flight is not doubled: `running` outlives the slot, and
+                    // the restarted schedule takes over when that poll ends.
+                    if let Some(old) = self.slots.remove(&name) {
                         self.timers.remove(&old.timer);
                     }
                     self.add(poller, now);
-                    if let (Some(old), Some(slot)) = (old, self.slots.get_mut(&name)) {
-                        slot.running = old.running;
-                    }
                 }
                 Some(_) => {}
             }
         }
     }
 
-    /// A timer fired: a regular poll (then the grid moves on) or a retry.
+    /// A timer fired: a regular poll (then the grid moves on), a retry, or a wake-up at
+    /// the horizon with nothing due yet.
     fn due(&mut self, name: String, target: &Arc<dyn PollTarget>) {
         let now = Instant::now();
         let Some(slot) = self.slots.get_mut(&name) else {
             return;
         };
-        if now >= slot.next_due {
+        let regular = now >= slot.next_due;
+        let retry = slot.retry_at.is_some_and(|at| now >= at);
+        if regular {
             // The regular poll (or the launch poll) is due: the next one is the first
             // grid slot after now. After a stall (a suspended laptop, an overloaded host)
             // this skips missed slots rather than polling in a burst to catch up.
@@ -290,26 +317,34 @@ impl Scheduler {
             }
             slot.next_due = slot.next_slot + jitter(&slot.timing);
         }
-        slot.timer = self.timers.insert_at(name.clone(), slot.next_due);
-        self.start_poll(&name, target);
+        if regular || retry {
+            slot.retry_at = None;
+        }
+        slot.timer = self.timers.insert_at(name.clone(), slot.wake_at(now));
+        if regular || retry {
+            self.start_poll(&name, target);
+        }
     }
 
     fn start_poll(&mut self, name: &str, target: &Arc<dyn PollTarget>) {
-        let Some(slot) = self.slots.get_mut(name) else {
-            return;
-        };
-        if slot.running {
-            slot.rerun = true;
+        if !self.slots.contains_key(name) {
             return;
         }
-        slot.running = true;
+        if let Some(running) = self.running.get_mut(name) {
+            running.rerun = true;
+            return;
+        }
+        self.running.insert(name.to_owned(), Running::default());
         let name = name.to_owned();
         let target = Arc::clone(target);
         let permits = Arc::clone(&self.permits);
         let finished = self.sender.clone();
         self.polls.spawn(async move {
             let result = match permits.acquire_owned().await {
-                Ok(_permit) => target.poll(&name).await,
+                // A panic must not lose the poller: its poll ends as a failure.
+                Ok(_permit) => catch_panic(target.poll(&name))
+                    .await
+                    .unwrap_or_else(|panic| Err(format!("the poll {panic}"))),
                 Err(_) => Err("scheduler is shutting down".to_owned()),
             };
             let _ = finished.send(Command::Finished(name, result));
@@ -319,17 +354,21 @@ impl Scheduler {
     }
 
     fn finished(&mut self, name: &str, result: Result<(), String>, target: &Arc<dyn PollTarget>) {
+        let rerun = self
+            .running
+            .remove(name)
+            .is_some_and(|running| running.rerun);
         // A poller removed by a reload while it polled has no slot any more.
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        slot.running = false;
         match result {
             Ok(()) => {
                 if slot.failures > 0 {
                     tracing::info!(poller = %name, repo = %slot.repo, failures = slot.failures, "poller recovered");
                 }
                 slot.failures = 0;
+                slot.retry_at = None;
             }
             Err(cause) => {
                 slot.failures += 1;
@@ -340,13 +379,15 @@ impl Scheduler {
                 } else {
                     tracing::debug!(poller = %name, repo = %slot.repo, error = %cause, failures = slot.failures, "poll failed again");
                 }
-                let retry_at = Instant::now() + retry_in;
+                let now = Instant::now();
+                let retry_at = now + retry_in;
                 if retry_at < slot.next_due {
-                    self.timers.reset_at(&slot.timer, retry_at);
+                    slot.retry_at = Some(retry_at);
+                    self.timers.reset_at(&slot.timer, slot.wake_at(now));
                 }
             }
         }
-        if std::mem::take(&mut slot.rerun) {
+        if rerun {
             self.start_poll(name, target);
         }
     }
@@ -574,6 +615,126 @@ mod tests {
         assert_near(&recorder.times("b"), &[0, 10_000, 15_000, 22_000, 29_000]);
         assert_near(&recorder.times("x"), &[0, 10_000]);
         assert_near(&recorder.times("c"), &[15_000, 25_000]);
+    }
+
+    fn entry(name: &str, at_launch: bool) -> Scheduled {
+        Scheduled {
+            name: name.to_owned(),
+            timing: timing(3600, at_launch),
+            repo: String::new(),
+            offset: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_and_re_adding_a_poller_never_doubles_its_poll_in_flight() {
+        let recorder = Recorder::new(Duration::from_secs(20));
+        run_for(
+            30,
+            &recorder,
+            vec![("a", timing(3600, true))],
+            8,
+            |handle| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    handle.reload(vec![], HashSet::new());
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    handle.reload(vec![entry("a", true)], HashSet::new());
+                })
+            },
+        )
+        .await;
+        // The re-added poller's launch poll waits for the hanging one, then runs once.
+        assert_near(&recorder.times("a"), &[0, 20_000]);
+        assert_eq!(*recorder.max_running.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_rerun_survives_a_restart_of_the_poller() {
+        let recorder = Recorder::new(Duration::from_secs(10));
+        run_for(
+            30,
+            &recorder,
+            vec![("a", timing(3600, true))],
+            8,
+            |handle| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    assert!(handle.force("a"));
+                    let restart = HashSet::from(["a".to_owned()]);
+                    handle.reload(vec![entry("a", false)], restart);
+                })
+            },
+        )
+        .await;
+        assert_near(&recorder.times("a"), &[0, 10_000]);
+        assert_eq!(*recorder.max_running.lock().unwrap(), 1);
+    }
+
+    /// Panics in the poll of `a`, then polls normally.
+    struct Panicky(Mutex<u32>);
+
+    #[async_trait]
+    impl PollTarget for Panicky {
+        async fn poll(&self, _: &str) -> Result<(), String> {
+            let calls = {
+                let mut calls = self.0.lock().unwrap();
+                *calls += 1;
+                *calls
+            };
+            if calls == 1 {
+                panic!("a bug in a backend");
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_poll_is_a_failed_poll_and_is_retried() {
+        let scheduler = Scheduler::new([entry("a", true)], 8);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stop.cancel();
+        });
+        let target = Arc::new(Panicky(Mutex::new(0)));
+        let polls: Arc<dyn PollTarget> = target.clone();
+        scheduler.run(polls, shutdown, Duration::from_secs(1)).await;
+        // The launch poll panicked; the retry 5 s later succeeded.
+        assert_eq!(*target.0.lock().unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn intervals_beyond_the_timer_horizon_poll_when_due_and_on_demand() {
+        let recorder = Recorder::new(Duration::from_millis(10));
+        let century = Duration::from_secs(100 * 31_557_600);
+        let far = Timing {
+            interval: century,
+            jitter: century / 2,
+            ..timing(1, true)
+        };
+        let jitterless = Timing {
+            jitter: Duration::ZERO,
+            ..far
+        };
+        run_for(
+            3 * 365 * 24 * 3600,
+            &recorder,
+            vec![("a", jitterless), ("b", far)],
+            8,
+            |handle| {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(800 * 24 * 3600)).await;
+                    assert!(handle.force("a"));
+                })
+            },
+        )
+        .await;
+        // Launch polls (b's waits for its jitter, up to 50 years), then only a's forced
+        // one: waking at each horizon polled nothing.
+        assert_eq!(recorder.times("a").len(), 2);
+        assert!(recorder.times("b").len() <= 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -105,10 +105,9 @@ async fn require_token(State(shared): State<Shared>, request: Request, next: Nex
 }
 
 async fn healthz(State(shared): State<Shared>) -> Response {
-    if shared.control.is_running() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+    match shared.control.health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -127,7 +126,9 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 async fn status_json(State(shared): State<Shared>) -> Response {
     match shared.control.status().await {
         Ok(statuses) => {
-            axum::Json(status::json(&shared.control.config(), &statuses)).into_response()
+            let mut body = status::json(&shared.control.config(), &statuses);
+            body["daemon"] = json!({ "tasks": shared.control.tasks() });
+            axum::Json(body).into_response()
         }
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
     }

@@ -39,12 +39,16 @@ impl BuildbotSink {
 
 #[async_trait]
 impl Sink for BuildbotSink {
-    async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
+    async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure> {
         http::one_by_one(changes, |change| self.post(change)).await
     }
 
     fn max_batch(&self) -> usize {
         1
+    }
+
+    fn max_in_flight(&self) -> usize {
+        http::IN_FLIGHT
     }
 }
 

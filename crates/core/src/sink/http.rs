@@ -1,14 +1,17 @@
 //! What the HTTP sinks share: one pooled client, and one reading of HTTP answers.
 //!
-//! A 2xx acknowledges. Connection errors, timeouts, 429 and 5xx mean "not now": the
-//! change is retried, in order. Any other 4xx means the receiver will never take this
-//! change: it is dead-lettered so it does not block the rest. A redirect is not
-//! followed (a POST must not silently change destination) and is retried as "not now",
-//! with a message that says to fix the URL.
+//! A 2xx acknowledges. 429, 5xx, and a request that fails after connecting (no answer
+//! in time, the connection dropped) mean "not this change, not now": its poller's
+//! changes wait and retry, in order, while other pollers' go on. Failing to connect at
+//! all means the receiver is down: every change waits. Any other 4xx means the receiver
+//! will never take this change: it is dead-lettered so it does not block the rest. A
+//! redirect is not followed (a POST must not silently change destination); since it
+//! would redirect every change, it counts as the receiver being unreachable, with a
+//! message that says to fix the URL.
 
 use std::time::Duration;
 
-use reqwest::{Client, RequestBuilder, StatusCode};
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
 
 use super::{SinkError, SinkFailure};
 use crate::model::Change;
@@ -16,7 +19,11 @@ use crate::model::Change;
 /// Requests that take longer than this fail and are retried.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How much of an error response's body is kept for logs and `polld status`.
+/// Requests in flight at once, each for a different poller: a receiver slow to answer
+/// one poller's change does not hold up the others.
+pub(crate) const IN_FLIGHT: usize = 4;
+
+/// How much of an error response's body is read, and kept for logs and `polld status`.
 const BODY_EXCERPT: usize = 300;
 
 pub(crate) fn client(timeout: Option<Duration>) -> Result<Client, String> {
@@ -34,7 +41,10 @@ pub(crate) async fn send(request: RequestBuilder) -> Result<(), SinkError> {
     let response = match request.send().await {
         Ok(response) => response,
         // The URL is left out: it may carry credentials, and the config names it anyway.
-        Err(error) => return Err(SinkError::Unavailable(describe(&error.without_url()))),
+        Err(error) if error.is_connect() => {
+            return Err(SinkError::Unreachable(describe(&error.without_url())));
+        }
+        Err(error) => return Err(SinkError::Retry(describe(&error.without_url()))),
     };
     let status = response.status();
     if status.is_success() {
@@ -45,25 +55,39 @@ pub(crate) async fn send(request: RequestBuilder) -> Result<(), SinkError> {
         .get(reqwest::header::LOCATION)
         .and_then(|l| l.to_str().ok())
         .map(str::to_owned);
-    let body = response.text().await.unwrap_or_default();
-    let excerpt: String = body.trim().chars().take(BODY_EXCERPT).collect();
+    let excerpt = body_excerpt(response).await;
     let message = if excerpt.is_empty() {
         format!("HTTP {status}")
     } else {
         format!("HTTP {status}: {excerpt}")
     };
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Err(SinkError::Unavailable(message))
-    } else if status.is_redirection() {
-        Err(SinkError::Unavailable(format!(
+    if status.is_redirection() {
+        Err(SinkError::Unreachable(format!(
             "HTTP {status}, redirected to {}: polld does not follow redirects for POST; set the sink url to the final address",
             location.as_deref().unwrap_or("?")
         )))
-    } else if status.is_client_error() {
-        Err(SinkError::Refused(message))
+    } else if status == StatusCode::TOO_MANY_REQUESTS || !status.is_client_error() {
+        Err(SinkError::Retry(message))
     } else {
-        Err(SinkError::Unavailable(message))
+        Err(SinkError::Refused(message))
     }
+}
+
+/// The start of an answer's body, read no further than needed: a receiver's error page
+/// may be any size.
+async fn body_excerpt(mut response: Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < BODY_EXCERPT * 4 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body)
+        .trim()
+        .chars()
+        .take(BODY_EXCERPT)
+        .collect()
 }
 
 /// The error and its causes on one line ("error sending request: connection refused").
@@ -81,7 +105,7 @@ fn describe(error: &reqwest::Error) -> String {
 /// Reads a secret from the environment at send time, so rotating it needs no restart.
 pub(crate) fn secret(variable: &str, key: &str) -> Result<String, SinkError> {
     std::env::var(variable).map_err(|_| {
-        SinkError::Unavailable(format!(
+        SinkError::Unreachable(format!(
             "environment variable {variable} (named by {key}) is not set"
         ))
     })

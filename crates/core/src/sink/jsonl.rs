@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Mutex;
 
 use super::{Sink, SinkError, SinkFailure, json_line};
 use crate::model::Change;
@@ -15,26 +16,26 @@ use crate::model::Change;
 /// unacknowledged batch is then written again whole.
 pub struct JsonlSink {
     path: PathBuf,
-    file: Option<File>,
+    /// Open while appends succeed; one batch is written at a time.
+    file: Mutex<Option<File>>,
 }
 
 impl JsonlSink {
     pub fn new(path: PathBuf) -> Self {
-        JsonlSink { path, file: None }
+        JsonlSink {
+            path,
+            file: Mutex::new(None),
+        }
     }
 
-    async fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let file = match &mut self.file {
+    async fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut open = self.file.lock().await;
+        let file = match &mut *open {
             Some(file) => file,
             None => {
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(&self.path)
-                    .await?;
+                let mut file = open_or_create(&self.path).await?;
                 cut_torn_line(&mut file, &self.path).await?;
-                self.file.insert(file)
+                open.insert(file)
             }
         };
         let length_before = file.metadata().await?.len();
@@ -46,7 +47,7 @@ impl JsonlSink {
         if let Err(error) = written.await {
             // Best effort: if even truncating fails the file is unusable; reopen next time.
             if file.set_len(length_before).await.is_err() {
-                self.file = None;
+                *open = None;
             }
             return Err(error);
         }
@@ -56,7 +57,7 @@ impl JsonlSink {
 
 #[async_trait]
 impl Sink for JsonlSink {
-    async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
+    async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure> {
         let mut batch = Vec::new();
         for (acknowledged, change) in changes.iter().enumerate() {
             match json_line(change) {
@@ -76,14 +77,31 @@ impl Sink for JsonlSink {
 
 impl JsonlSink {
     /// Writes the lines of the first `count` changes, or reports none acknowledged.
-    async fn flush_prefix(&mut self, batch: &[u8], count: usize) -> Result<(), SinkFailure> {
+    async fn flush_prefix(&self, batch: &[u8], count: usize) -> Result<(), SinkFailure> {
         if count == 0 {
             return Ok(());
         }
         self.append(batch).await.map_err(|e| SinkFailure {
             acknowledged: 0,
-            error: SinkError::Unavailable(format!("cannot append to {}: {e}", self.path.display())),
+            error: SinkError::Unreachable(format!("cannot append to {}: {e}", self.path.display())),
         })
+    }
+}
+
+/// Opens the file for appending, creating it with the user's umask (the daemon's own
+/// is 077, for its state directory; this file is the user's).
+async fn open_or_create(path: &std::path::Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true);
+    match options.clone().create_new(true).open(path).await {
+        Ok(file) => {
+            let mode = crate::private::user_file_mode();
+            let permissions = std::os::unix::fs::PermissionsExt::from_mode(mode);
+            file.set_permissions(permissions).await?;
+            Ok(file)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => options.open(path).await,
+        Err(error) => Err(error),
     }
 }
 
@@ -122,7 +140,7 @@ mod tests {
         let path = dir.path().join("changes.jsonl");
         let whole = format!("{{\"a\":1}}\n{}\n", "x".repeat(100_000));
         std::fs::write(&path, format!("{whole}{{\"torn\": tr")).unwrap();
-        let mut sink = JsonlSink::new(path.clone());
+        let sink = JsonlSink::new(path.clone());
         sink.append(b"{\"b\":2}\n").await.unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
@@ -130,7 +148,7 @@ mod tests {
         );
 
         std::fs::write(&path, "no newline at all").unwrap();
-        let mut sink = JsonlSink::new(path.clone());
+        let sink = JsonlSink::new(path.clone());
         sink.append(b"{}\n").await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     }

@@ -10,6 +10,8 @@ mod jsonl;
 mod stdout;
 mod webhook;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::config::SinkConfig;
@@ -21,11 +23,15 @@ pub use stdout::StdoutSink;
 pub use webhook::{SIGNATURE_HEADER, WebhookSink, signature};
 
 /// A destination for change records.
+///
+/// The delivery loop may call [`Sink::deliver`] again before an earlier call returned
+/// (up to [`Sink::max_in_flight`] at once), never with two batches of the same poller
+/// at once: each poller's changes arrive in order.
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Delivers `changes` in order. `Ok` acknowledges them all; a failure says how many
     /// of the first ones were acknowledged before it and why the next one was not.
-    async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure>;
+    async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure>;
 
     /// The most changes one [`Sink::deliver`] call should get. The outbox is settled
     /// after each call, so a sink that acknowledges change by change (one HTTP request
@@ -33,6 +39,13 @@ pub trait Sink: Send + Sync {
     /// write a batch at once (a file, a pipe) keep the default.
     fn max_batch(&self) -> usize {
         256
+    }
+
+    /// How many [`Sink::deliver`] calls may run at once (for different pollers). One
+    /// for a sink that writes one stream; more for a receiver that serves requests in
+    /// parallel, so that a slow answer for one poller's change does not hold up another.
+    fn max_in_flight(&self) -> usize {
+        1
     }
 }
 
@@ -44,11 +57,18 @@ pub struct SinkFailure {
     pub error: SinkError,
 }
 
+/// Why a change was not acknowledged: the three answers the delivery loop acts on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SinkError {
-    /// The sink may take it later (down, timed out, overloaded): retry, in order.
+    /// The sink cannot take anything now (connection refused, no such host, a full
+    /// disk): every poller's changes wait, with one backoff, logged once.
     #[error("{0}")]
-    Unavailable(String),
+    Unreachable(String),
+    /// This change was not taken now (the receiver answered 5xx or 429, or did not
+    /// answer in time): its poller's changes wait and retry with backoff, in order;
+    /// other pollers' go on.
+    #[error("{0}")]
+    Retry(String),
     /// The sink will never take this change: dead-letter it so it blocks nothing.
     #[error("{0}")]
     Refused(String),
@@ -57,12 +77,12 @@ pub enum SinkError {
 /// Opens the configured sink. Sinks connect lazily: a sink that is down at start is a
 /// delivery failure to retry, not a startup error. The error is for a config that
 /// [`validate`] would have refused.
-pub fn open(config: &SinkConfig) -> Result<Box<dyn Sink>, String> {
+pub fn open(config: &SinkConfig) -> Result<Arc<dyn Sink>, String> {
     Ok(match config {
-        SinkConfig::Stdout => Box::new(StdoutSink::new()),
-        SinkConfig::Jsonl { path } => Box::new(JsonlSink::new(path.clone())),
-        SinkConfig::Buildbot(config) => Box::new(BuildbotSink::new(config.clone())?),
-        SinkConfig::Webhook(config) => Box::new(WebhookSink::new(config.clone())?),
+        SinkConfig::Stdout => Arc::new(StdoutSink::new()),
+        SinkConfig::Jsonl { path } => Arc::new(JsonlSink::new(path.clone())),
+        SinkConfig::Buildbot(config) => Arc::new(BuildbotSink::new(config.clone())?),
+        SinkConfig::Webhook(config) => Arc::new(WebhookSink::new(config.clone())?),
     })
 }
 
@@ -90,7 +110,20 @@ pub(crate) fn validate(config: &SinkConfig) -> Result<(), (&'static str, String)
         _ => Ok(()),
     };
     match config {
-        SinkConfig::Stdout | SinkConfig::Jsonl { .. } => Ok(()),
+        SinkConfig::Stdout => Ok(()),
+        SinkConfig::Jsonl { path } => match std::fs::metadata(path) {
+            // A FIFO would block every write (and cannot be cut back after a torn
+            // line), `/dev/null` would acknowledge changes it throws away, a directory
+            // cannot be appended to: only a regular file (or none yet) is a jsonl file.
+            Ok(meta) if !meta.is_file() => Err((
+                "path",
+                format!(
+                    "path {} is not a regular file: the jsonl sink appends to a file it can fsync and cut back",
+                    path.display()
+                ),
+            )),
+            _ => Ok(()),
+        },
         SinkConfig::Buildbot(config) => {
             if config.password_env.is_some() && config.username.is_none() {
                 return Err(("password_env", "password_env needs a username".into()));

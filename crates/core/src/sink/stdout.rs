@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use tokio::io::{AsyncWriteExt, Stdout};
+use tokio::sync::Mutex;
 
 use super::{Sink, SinkError, SinkFailure, json_line};
 use crate::model::Change;
@@ -9,13 +10,13 @@ use crate::model::Change;
 /// Writes and flushes each change on its own, so a reader piped to polld sees every
 /// change as soon as it is queued, and a change counts as delivered once flushed.
 pub struct StdoutSink {
-    out: Stdout,
+    out: Mutex<Stdout>,
 }
 
 impl StdoutSink {
     pub fn new() -> Self {
         StdoutSink {
-            out: tokio::io::stdout(),
+            out: Mutex::new(tokio::io::stdout()),
         }
     }
 }
@@ -28,7 +29,8 @@ impl Default for StdoutSink {
 
 #[async_trait]
 impl Sink for StdoutSink {
-    async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
+    async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure> {
+        let mut out = self.out.lock().await;
         for (acknowledged, change) in changes.iter().enumerate() {
             let fail = |error| SinkFailure {
                 acknowledged,
@@ -36,11 +38,11 @@ impl Sink for StdoutSink {
             };
             let line = json_line(change).map_err(fail)?;
             let written = async {
-                self.out.write_all(&line).await?;
-                self.out.flush().await
+                out.write_all(&line).await?;
+                out.flush().await
             };
             written.await.map_err(|e| {
-                fail(SinkError::Unavailable(format!(
+                fail(SinkError::Unreachable(format!(
                     "cannot write to standard output: {e}"
                 )))
             })?;

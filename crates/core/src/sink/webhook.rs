@@ -52,12 +52,16 @@ impl WebhookSink {
 
 #[async_trait]
 impl Sink for WebhookSink {
-    async fn deliver(&mut self, changes: &[Change]) -> Result<(), SinkFailure> {
+    async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure> {
         http::one_by_one(changes, |change| self.post(change)).await
     }
 
     fn max_batch(&self) -> usize {
         1
+    }
+
+    fn max_in_flight(&self) -> usize {
+        http::IN_FLIGHT
     }
 }
 
