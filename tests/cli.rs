@@ -594,19 +594,18 @@ fn once_with_the_sink_down_exits_1_and_keeps_the_changes_queued() {
     let pair = RemotePair::with_initial_commit();
     let repo = pair.repo();
     let polld = Polld::new(&format!(
-        "[sink]\ntype = \"jsonl\"\npath = \"changes.jsonl\"\n\n{}",
+        "[sink]\ntype = \"jsonl\"\npath = \"out/changes.jsonl\"\n\n{}",
         git_poller("app", &repo, "")
     ));
     polld.once(&[]).expect_code(0);
-    let jsonl = polld.path("changes.jsonl");
-    let _ = std::fs::remove_file(&jsonl);
+    let jsonl = polld.path("out/changes.jsonl");
 
     let w = &pair.work;
     let a = w.commit("a", "a\n", "A");
     let b = w.commit("b", "b\n", "B");
     w.push(&["main"]);
-    // The sink cannot write: its path is a directory.
-    std::fs::create_dir(&jsonl).unwrap();
+    // The sink cannot write: its directory does not exist. (A path that is itself a
+    // directory is refused as a config error.)
     let out = polld.once(&[]);
     out.expect_code(1);
     let status = polld.status_of("app");
@@ -617,7 +616,7 @@ fn once_with_the_sink_down_exits_1_and_keeps_the_changes_queued() {
     );
 
     // The sink is back: the next `once` delivers the queued changes, in order, once.
-    std::fs::remove_dir(&jsonl).unwrap();
+    std::fs::create_dir(polld.path("out")).unwrap();
     polld.once(&[]).expect_code(0);
     let (records, bad) = read_jsonl(&jsonl);
     assert!(bad.is_empty(), "{bad:?}");

@@ -456,63 +456,6 @@ fn hold(client: TcpStream, upstream: Option<u16>, release: &AtomicBool, stop: &A
     let _ = up.join();
 }
 
-/// `git daemon` serving `base` on a free 127.0.0.1 port, in its own process group that
-/// is killed whole on drop. (`git daemon` runs `git-daemon` as a child, which outlives a
-/// kill of the `git` process alone.)
-struct GitDaemonGroup {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl GitDaemonGroup {
-    fn start(base: &std::path::Path) -> GitDaemonGroup {
-        for _ in 0..5 {
-            let port = free_port();
-            let mut cmd = git_command(base);
-            cmd.args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--informative-errors",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0);
-            let mut daemon = GitDaemonGroup {
-                child: cmd.spawn().expect("spawn git daemon"),
-                port,
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return daemon;
-                }
-                if let Ok(Some(_)) = daemon.child.try_wait() {
-                    break; // the port was taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            drop(daemon);
-        }
-        panic!("git daemon did not start");
-    }
-}
-
-impl Drop for GitDaemonGroup {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group this child leads.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// `chattr +i` on files for as long as it lives; `chattr -i` on drop, so the temp dirs
 /// can be deleted whatever happened. (Root ignores permission bits; not even root may
 /// write an immutable file.)
@@ -1250,7 +1193,7 @@ fn removing_and_readding_a_poller_while_its_poll_hangs_never_polls_twice() {
 #[test]
 fn changing_type_while_a_poll_is_in_flight_leaves_a_cursor_the_new_backend_reads() {
     let pair = RemotePair::with_initial_commit();
-    let git_daemon = GitDaemonGroup::start(&pair.dir.path().join("remote"));
+    let git_daemon = GitDaemon::start(&pair.dir.path().join("remote"));
     let proxy = Tcp::holding_proxy(git_daemon.port);
     let svn = SvnRepo::new();
     svn.put(&[("README", "svn\n")], "Initial svn revision");
@@ -1317,7 +1260,7 @@ fn changing_type_while_a_poll_is_in_flight_leaves_a_cursor_the_new_backend_reads
 #[test]
 fn a_forced_rerun_survives_a_restart_of_the_poller() {
     let pair = RemotePair::with_initial_commit();
-    let git_daemon = GitDaemonGroup::start(&pair.dir.path().join("remote"));
+    let git_daemon = GitDaemon::start(&pair.dir.path().join("remote"));
     let proxy = Tcp::holding_proxy(git_daemon.port);
     let port = free_port();
     let repo = format!("git://127.0.0.1:{}/app.git", proxy.port);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -895,19 +896,22 @@ impl GitDaemon {
             .arg(base)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            let mut child = cmd.spawn().expect("spawn git daemon");
+            .stderr(Stdio::null())
+            // `git daemon` runs `git-daemon` as a child: kill them as one group.
+            .process_group(0);
+            let mut daemon = GitDaemon {
+                child: cmd.spawn().expect("spawn git daemon"),
+                port,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return GitDaemon { child, port };
+                    return daemon;
                 }
-                if let Ok(Some(_)) = child.try_wait() {
+                if let Ok(Some(_)) = daemon.child.try_wait() {
                     break; // port taken in the meantime: try another
                 }
                 if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
                     panic!("git daemon did not listen on {port}");
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -924,7 +928,10 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the process group this child leads.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }
