@@ -4,14 +4,17 @@
 //! support/buildbot.rs) on its own port and drives the `polld` binary against it as a user
 //! would. Every wait has a deadline; no assertion is about speed (speeds are printed).
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
-use polld_e2e::buildbot::*;
-use polld_e2e::*;
+use polld_test_support::buildbot::*;
+use polld_test_support::*;
 use serde_json::{Value, json};
 
 /// Polls `cond` every `every` until it holds; fails after `timeout` or as soon as the
@@ -233,7 +236,7 @@ fn git_changes_arrive_at_the_master_with_every_field() {
 
 #[test]
 fn svn_changes_arrive_at_the_master_with_every_field() {
-    use polld_e2e::svn::*;
+    use polld_test_support::svn::*;
     let master = BuildbotMaster::start();
     let repo = SvnRepo::with_standard_layout();
     repo.copy("trunk", "branches/1.5.x", "Branch 1.5.x");
@@ -282,7 +285,7 @@ fn svn_changes_arrive_at_the_master_with_every_field() {
 
 #[test]
 fn hg_changes_arrive_at_the_master_with_every_field() {
-    use polld_e2e::hg::*;
+    use polld_test_support::hg::*;
     let master = BuildbotMaster::start();
     let dir = tempfile::Builder::new()
         .prefix("polld-e2e-hg")

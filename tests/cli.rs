@@ -1,9 +1,12 @@
 //! The command line: config errors, `check`, config discovery, usage errors, a dead
 //! remote next to a good one, `status --json`, the jsonl sink, log format.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
-use polld_e2e::*;
+use polld_test_support::*;
 use serde_json::{Value, json};
 
 /// 1-based line of the `nth` (0-based) line of `text` containing `needle`.

@@ -3,11 +3,14 @@
 //! Every test runs a real daemon on a free loopback port against real git repositories
 //! and talks to it over HTTP the way curl or Prometheus would.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use polld_e2e::*;
+use polld_test_support::*;
 use serde_json::Value;
 
 const TOKEN: &str = "t0ps3cret-token";

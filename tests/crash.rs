@@ -1,12 +1,15 @@
 //! `polld run`: surviving kill -9 without losing a change, and stopping cleanly on
 //! SIGTERM / SIGINT.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use polld_e2e::*;
+use polld_test_support::*;
 use serde_json::Value;
 
 const COMMITS: usize = 200;

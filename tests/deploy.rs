@@ -3,16 +3,17 @@
 //! it passes `polld check`. (The Buildbot snippet's settings are the ones the delivery
 //! tests' real master runs with.)
 
-use std::path::{Path, PathBuf};
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
 use std::process::Command;
 
-use polld_e2e::polld_bin;
+use polld_test_support::{polld_bin, workspace_root};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(file)
+    workspace_root().join("deploy").join(file)
 }
 
 #[test]

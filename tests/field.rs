@@ -25,6 +25,9 @@
 //! Every wait has a deadline and prints the daemon's stderr when it runs out. Each test
 //! has its own temp dirs, ports and servers, so the tests run in parallel.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -37,10 +40,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use polld_e2e::buildbot::WebhookReceiver;
-use polld_e2e::hg::{HgRepo, build_dag, hg_poller};
-use polld_e2e::svn::{SvnRepo, svn_poller};
-use polld_e2e::*;
+use polld_test_support::buildbot::WebhookReceiver;
+use polld_test_support::hg::{HgRepo, build_dag, hg_poller};
+use polld_test_support::svn::{SvnRepo, svn_poller};
+use polld_test_support::*;
 use serde_json::Value;
 
 /// How long the daemon may take to come up, or to do one quick thing it was asked to.

@@ -1,10 +1,13 @@
 //! Scenario tests: `polld once` with the stdout sink against real git repositories,
 //! asserting the exact change records.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use polld_e2e::*;
+use polld_test_support::*;
 use serde_json::{Value, json};
 
 /// A remote with one commit on main, and a polld with one git poller `app` on it (plus
@@ -713,7 +716,7 @@ fn git_protocol_via_git_daemon() {
 #[test]
 fn file_url() {
     let pair = RemotePair::with_initial_commit();
-    let url = polld_e2e::file_url(&pair.remote.path);
+    let url = polld_test_support::file_url(&pair.remote.path);
     let polld = Polld::new(&git_poller("app", &url, ""));
     first_poll(&polld);
 

@@ -11,6 +11,9 @@
 //! A secret is planted in repo URLs and `password_env` variables; every output of every
 //! row and every file each row leaves behind are searched for it.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -20,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use polld_e2e::hg::{HgRepo, hg_poller};
-use polld_e2e::svn::{SvnRepo, Svnserve, svn_poller};
-use polld_e2e::*;
+use polld_test_support::hg::{HgRepo, hg_poller};
+use polld_test_support::svn::{SvnRepo, Svnserve, svn_poller};
+use polld_test_support::*;
 use serde_json::Value;
 
 /// Planted in repo URLs and password variables; must appear in no output and no file.
@@ -1670,7 +1673,7 @@ fn sink_not_http(row: &mut Row) -> String {
     let text = row.run(&polld, &["status"]);
     text.expect_code(0);
     // Fixed: the same config pointed at a sink that works.
-    let good_sink = polld_e2e::buildbot::WebhookReceiver::start(&[], 200);
+    let good_sink = polld_test_support::buildbot::WebhookReceiver::start(&[], 200);
     let text_config = std::fs::read_to_string(&polld.config)
         .unwrap()
         .replace(&server.url(), &good_sink.url());
@@ -1993,7 +1996,7 @@ fn excerpt(text: &str, needle: &str) -> String {
 }
 
 fn list_all_files(dir: &Path) -> Vec<PathBuf> {
-    polld_e2e::buildbot::list_files(dir)
+    polld_test_support::buildbot::list_files(dir)
 }
 
 fn daemon_stdout_has(path: &Path, needle: &str) -> bool {

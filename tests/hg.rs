@@ -3,10 +3,13 @@
 //! Each scenario asserts the exact change records, computed from `hg log`/`hg status`
 //! by the fixtures in `support/hg.rs`.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Instant;
 
-use polld_e2e::hg::*;
-use polld_e2e::*;
+use polld_test_support::hg::*;
+use polld_test_support::*;
 use serde_json::{Value, json};
 
 /// A remote with one changeset on default (in a temp dir the caller keeps).

@@ -4,8 +4,11 @@
 //!
 //! https:// is not covered: polld reaches it through the same `svn` client as http://.
 
-use polld_e2e::svn::*;
-use polld_e2e::*;
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+use polld_test_support::svn::*;
+use polld_test_support::*;
 use serde_json::{Value, json};
 
 #[track_caller]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use polld_core::Cursor;
+use polld_backend::Cursor;
 
 use crate::fixture::{GitDaemon, Repos, RequestCounter};
 use crate::util::{Rng, copy_tree_many, free_port, git, stdout_of};
@@ -233,7 +233,7 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
     // State as after a restart: every cursor current, every mirror filled.
     eprintln!("polld-bench: seeding the daemon's state ({n} cursors and mirrors)");
     {
-        let store = polld_core::store::Store::open(&state)?;
+        let store = polld_store_sqlite::Database::open(&state)?;
         for name in &names {
             store.commit_poll(name, "git", plan.cursor, &[])?;
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use polld_core::{Backend, Cursor, PollOutcome, Poller, PollerContext};
+use polld_backend::{Backend, Cursor, PollOutcome, Poller, PollerContext};
 use polld_git::{GitBackend, GitConfig};
 use tokio::runtime::Runtime;
 
@@ -97,7 +97,7 @@ impl InProcess {
             mirror_dir: state_dir.join("mirrors").join(name),
         };
         let config = GitConfig {
-            branches: Some(polld_core::StringList(vec!["main".to_owned()])),
+            branches: Some(polld_backend::StringList(vec!["main".to_owned()])),
             ..GitConfig::default()
         };
         Backend::build(&self.backend, context, config).map_err(|e| anyhow!("{name}: {e}"))
@@ -186,7 +186,7 @@ impl InProcess {
     }
 }
 
-fn no_change(result: Result<PollOutcome, polld_core::PollError>) -> Result<(), String> {
+fn no_change(result: Result<PollOutcome, polld_backend::PollError>) -> Result<(), String> {
     match result {
         Ok(PollOutcome::Unchanged) => Ok(()),
         Ok(PollOutcome::Advanced { changes, .. }) => Err(format!(

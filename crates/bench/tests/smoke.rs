@@ -1,6 +1,9 @@
 //! A small run of the benchmark: correctness only (every poll succeeded, the tables are
 //! printed, every latency commit arrived), never speed.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use clap::Parser;
 use polld_bench::Options;
 

@@ -3,15 +3,20 @@
 //! Loading is strict: unknown keys, bad values and inconsistent settings are all errors
 //! that name the file, line and column. The `[[poller]]` tables are split in two: the
 //! keys every poller has (name, timing, project, ...) are read here, and the rest go to
-//! the backend named by `type`, which reads them with its own serde struct. Both halves
-//! deserialize from the same spanned document, so both report exact positions.
+//! the backend named by `type`, which reads them with its own serde struct. `[sink]` is
+//! read the same way by the sink type it names. Both halves deserialize from the same
+//! spanned document, so both report exact positions.
+//!
+//! A loaded [`Config`] is data only: each plugin's keys are kept as a TOML table (after
+//! the plugin checked them), and pollers and sinks are built from it when the daemon
+//! starts. A reload compares two configs by value ([`diff`]) and rebuilds only the
+//! pollers that were added or changed.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,11 +25,14 @@ use serde_json::{Map, Value};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use crate::backend::{BuildError, Poller, PollerContext, Registry};
-use crate::redact;
+use polld_backend::{PollerContext, redact};
+
+use crate::backend::BackendRegistry;
+use crate::plugins::Plugins;
+use crate::sink::{KeysError, SinkContext, SinkRegistry};
 
 /// A loaded, validated configuration.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from, as the user named it.
     pub path: PathBuf,
@@ -47,44 +55,14 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Where changes go (`[sink]`; its `type` picks the variant).
-#[derive(Debug, Clone, PartialEq)]
-pub enum SinkConfig {
-    /// One JSON object per line on standard output, flushed per change.
-    Stdout,
-    /// One JSON object per line appended to `path`, fsynced per batch.
-    Jsonl { path: PathBuf },
-    /// Buildbot's `/change_hook/base`: one form-encoded POST per change.
-    Buildbot(BuildbotSinkConfig),
-    /// Any HTTP endpoint: one JSON POST per change, optionally signed.
-    Webhook(WebhookSinkConfig),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BuildbotSinkConfig {
-    /// e.g. `http://127.0.0.1:8010/change_hook/base`
-    pub url: String,
-    /// HTTP basic auth for Buildbot's `change_hook_auth`.
-    pub username: Option<String>,
-    /// Environment variable holding the basic-auth password.
-    pub password_env: Option<String>,
-    /// How long one request may take (default 30 s).
-    pub timeout: Option<HumanDuration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSinkConfig {
-    pub url: String,
-    /// Environment variable holding the HMAC-SHA256 key: each body is signed in
-    /// `X-Polld-Signature: sha256=<hex>`.
-    pub secret_env: Option<String>,
-    /// Extra request headers, e.g. `{ "X-Team" = "core" }`.
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// How long one request may take (default 30 s).
-    pub timeout: Option<HumanDuration>,
+/// Where changes go: `[sink]`, checked by the sink type its `type` names.
+#[derive(Clone, PartialEq)]
+pub struct SinkConfig {
+    /// The `type` key (`stdout` when there is no `[sink]`).
+    pub type_name: String,
+    /// The other keys, as written.
+    pub keys: toml::Table,
+    pub context: SinkContext,
 }
 
 /// When a poller polls.
@@ -98,8 +76,8 @@ pub struct Timing {
     pub at_launch: bool,
 }
 
-/// One `[[poller]]`, with `[defaults]` applied and its backend built.
-#[derive(Clone)]
+/// One `[[poller]]`, with `[defaults]` applied and its backend's keys checked.
+#[derive(Clone, PartialEq)]
 pub struct PollerConfig {
     pub name: String,
     /// The backend's `type` name; also the change record's `vcs`.
@@ -113,10 +91,12 @@ pub struct PollerConfig {
     /// Template: `{revision}` and `{branch}` are substituted per change.
     pub revlink: Option<String>,
     pub properties: Map<String, Value>,
-    pub poller: Arc<dyn Poller>,
-    /// Everything that defines this poller (its table and effective timing), so a reload
-    /// can tell an unchanged poller, which keeps its schedule, from a changed one.
-    pub fingerprint: String,
+    /// The backend's own keys, as written.
+    pub keys: toml::Table,
+    /// The config file's directory, which anchors relative paths.
+    pub config_dir: PathBuf,
+    /// `<state_dir>/mirrors/<name>`: the poller's own directory.
+    pub mirror_dir: PathBuf,
 }
 
 impl Config {
@@ -137,6 +117,61 @@ impl PollerConfig {
     /// The repo with credentials stripped: the only form that may be logged or stored.
     pub fn display_repo(&self) -> String {
         redact::strip_userinfo(&self.repo)
+    }
+
+    /// What the backend is given besides its keys.
+    pub fn context(&self) -> PollerContext {
+        PollerContext {
+            name: self.name.clone(),
+            repo: self.repo.clone(),
+            config_dir: self.config_dir.clone(),
+            mirror_dir: self.mirror_dir.clone(),
+        }
+    }
+}
+
+/// What a reload changes, by value: each poller added, changed (any key or effective
+/// timing differs), removed or unchanged, and whether the sections that take effect
+/// only after a restart changed.
+#[derive(Debug, Default)]
+pub struct ConfigDiff<'a> {
+    pub added: Vec<&'a PollerConfig>,
+    pub changed: Vec<&'a PollerConfig>,
+    pub removed: Vec<&'a str>,
+    pub unchanged: Vec<&'a str>,
+    pub daemon_changed: bool,
+    pub sink_changed: bool,
+}
+
+/// How `new` differs from `old`.
+pub fn diff<'a>(old: &'a Config, new: &'a Config) -> ConfigDiff<'a> {
+    let mut diff = ConfigDiff {
+        daemon_changed: old.daemon != new.daemon,
+        sink_changed: old.sink != new.sink,
+        ..ConfigDiff::default()
+    };
+    for poller in &new.pollers {
+        match old.pollers.iter().find(|p| p.name == poller.name) {
+            None => diff.added.push(poller),
+            Some(before) if before == poller => diff.unchanged.push(&poller.name),
+            Some(_) => diff.changed.push(poller),
+        }
+    }
+    for poller in &old.pollers {
+        if !new.pollers.iter().any(|p| p.name == poller.name) {
+            diff.removed.push(&poller.name);
+        }
+    }
+    diff
+}
+
+impl fmt::Debug for SinkConfig {
+    /// The keys' names only: a `url` may carry credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("type_name", &self.type_name)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -169,18 +204,19 @@ pub enum ConfigError {
     },
 }
 
-/// Reads and validates the config at `path`, building each poller with its backend.
-pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigError> {
+/// Reads and validates the config at `path`, each poller's and the sink's keys checked by
+/// their plugins.
+pub fn load(path: &Path, plugins: &Plugins) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(path, &text, registry)
+    parse(path, &text, plugins)
 }
 
 /// Parses config text as if read from `path` (which only names the file in errors and
 /// anchors relative paths).
-pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, ConfigError> {
+pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, ConfigError> {
     let at = |span: Option<Range<usize>>, message: &str| {
         let (line, column) = line_column(text, span.map_or(0, |s| s.start));
         ConfigError::Invalid {
@@ -208,9 +244,16 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
 
     let daemon = file.daemon.unwrap_or_default().resolve(&config_dir, &at)?;
     let defaults = file.defaults.unwrap_or_default();
+    let sink_context = SinkContext {
+        config_dir: config_dir.clone(),
+    };
     let sink = match sink_table {
-        Some(table) => parse_sink(table, &config_dir, &at)?,
-        None => SinkConfig::Stdout,
+        Some(table) => parse_sink(table, sink_context, &plugins.sinks, &at)?,
+        None => SinkConfig {
+            type_name: "stdout".to_owned(),
+            keys: toml::Table::new(),
+            context: sink_context,
+        },
     };
 
     let tables = match poller_tables {
@@ -232,8 +275,14 @@ pub fn parse(path: &Path, text: &str, registry: &Registry) -> Result<Config, Con
     let mut names = HashSet::new();
     let mut pollers = Vec::with_capacity(tables.len());
     for table in tables {
-        let (poller, name_span) =
-            build_poller(table, &defaults, &daemon, &config_dir, registry, &at)?;
+        let (poller, name_span) = build_poller(
+            table,
+            &defaults,
+            &daemon,
+            &config_dir,
+            &plugins.backends,
+            &at,
+        )?;
         if !names.insert(poller.name.clone()) {
             return Err(at(
                 Some(name_span),
@@ -262,72 +311,58 @@ struct FileKeys {
     defaults: Option<TimingKeys>,
 }
 
-/// `[sink]`: its `type` picks the variant, whose own keys are then read from the same
-/// spanned table, so an unknown or bad key is reported where it is (a serde-tagged enum
-/// would report every problem at the table's header).
+/// `[sink]`: its `type` names the sink type, which then checks the other keys, read
+/// from the same spanned table, so an unknown or bad key is reported where it is (a
+/// serde-tagged enum would report every problem at the table's header).
 fn parse_sink(
     table: Spanned<DeValue<'_>>,
-    config_dir: &Path,
+    context: SinkContext,
+    sinks: &SinkRegistry,
     at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
 ) -> Result<SinkConfig, ConfigError> {
     let span = table.span();
     let DeValue::Table(mut keys) = table.into_inner() else {
         return Err(at(Some(span), "`sink` must be a table: write [sink]"));
     };
-    let type_name = match keys.remove("type") {
+    let known = sinks.types().join(", ");
+    let (type_name, type_span) = match keys.remove("type") {
         Some(value) => match value.get_ref() {
             DeValue::String(name) => (name.to_string(), value.span()),
             _ => return Err(at(Some(value.span()), "[sink] type must be a string")),
         },
-        None => {
-            return Err(at(
-                Some(span),
-                "[sink] needs a type: stdout, jsonl, buildbot or webhook",
-            ));
-        }
+        None => return Err(at(Some(span), &format!("[sink] needs a type: {known}"))),
     };
     let key_spans: HashMap<String, Range<usize>> = keys
         .iter()
         .map(|(key, value)| (key.get_ref().to_string(), value.span()))
         .collect();
-    let rest = || ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(keys.clone())));
-    let key_error = |e: toml::de::Error| at(e.span().or(Some(span.clone())), e.message());
-    let sink = match type_name.0.as_str() {
-        "stdout" => {
-            NoKeys::deserialize(rest()).map_err(key_error)?;
-            SinkConfig::Stdout
+    let spanned =
+        || ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(keys.clone())));
+    let checked = sinks
+        .check(&type_name, &context, spanned())
+        .ok_or_else(|| {
+            at(
+                Some(type_span.clone()),
+                &format!("unknown sink type `{type_name}`; known: {known}"),
+            )
+        })?;
+    match checked {
+        Ok(()) => {}
+        Err(KeysError::Keys(e)) => return Err(at(e.span().or(Some(span.clone())), e.message())),
+        Err(KeysError::Invalid(refusal)) => {
+            let position = refusal
+                .key
+                .and_then(|key| key_spans.get(key).cloned())
+                .unwrap_or(type_span);
+            return Err(at(Some(position), &format!("[sink]: {}", refusal.message)));
         }
-        "jsonl" => SinkConfig::Jsonl {
-            path: config_dir.join(JsonlKeys::deserialize(rest()).map_err(key_error)?.path),
-        },
-        "buildbot" => {
-            SinkConfig::Buildbot(BuildbotSinkConfig::deserialize(rest()).map_err(key_error)?)
-        }
-        "webhook" => {
-            SinkConfig::Webhook(WebhookSinkConfig::deserialize(rest()).map_err(key_error)?)
-        }
-        other => {
-            return Err(at(
-                Some(type_name.1),
-                &format!("unknown sink type `{other}`; known: stdout, jsonl, buildbot, webhook"),
-            ));
-        }
-    };
-    crate::sink::validate(&sink).map_err(|(key, message)| {
-        let position = key_spans.get(key).cloned().unwrap_or(span.clone());
-        at(Some(position), &format!("[sink]: {message}"))
-    })?;
-    Ok(sink)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoKeys {}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonlKeys {
-    path: PathBuf,
+    }
+    let keys = toml::Table::deserialize(spanned()).map_err(|e| at(e.span(), e.message()))?;
+    Ok(SinkConfig {
+        type_name,
+        keys,
+        context,
+    })
 }
 
 #[derive(Default, Deserialize)]
@@ -443,14 +478,13 @@ fn build_poller(
     defaults: &TimingKeys,
     daemon: &DaemonConfig,
     config_dir: &Path,
-    registry: &Registry,
+    backends: &BackendRegistry,
     at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
 ) -> Result<(PollerConfig, Range<usize>), ConfigError> {
     let span = table.span();
     let DeValue::Table(table) = table.into_inner() else {
         return Err(at(Some(span), "each [[poller]] must be a table"));
     };
-    let fingerprint_source = table.clone();
     let (common, own): (DeTable<'_>, DeTable<'_>) = table
         .into_iter()
         .partition(|(key, _)| COMMON_POLLER_KEYS.contains(&key.get_ref().as_ref()));
@@ -487,50 +521,17 @@ fn build_poller(
     let timing = resolve_timing(&common, defaults, at)?;
 
     let type_name = common.vcs.get_ref();
-    let Some((vcs, backend)) = registry.get(type_name) else {
-        return Err(at(
+    let unknown_type = || {
+        at(
             Some(common.vcs.span()),
             &format!(
                 "unknown poller type `{type_name}`; known: {}",
-                registry.types().join(", ")
+                backends.types().join(", ")
             ),
-        ));
-    };
-    let context = PollerContext {
-        name: name.clone(),
-        repo: repo.clone(),
-        config_dir: config_dir.to_path_buf(),
-        mirror_dir: daemon.state_dir.join("mirrors").join(name),
-    };
-    let poller = backend
-        .build(
-            context,
-            ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(own))),
         )
-        .map_err(|error| match error {
-            BuildError::Keys(e) => at(e.span().or(Some(span.clone())), e.message()),
-            BuildError::Invalid(refusal) => {
-                let span = match refusal.key {
-                    Some("repo") => common.repo.span(),
-                    Some(key) => own_spans
-                        .get(key)
-                        .cloned()
-                        .unwrap_or_else(|| common.vcs.span()),
-                    None => common.vcs.span(),
-                };
-                at(Some(span), &format!("poller `{name}`: {}", refusal.message))
-            }
-        })?;
-
-    let fingerprint = match toml::Value::deserialize(ValueDeserializer::from(Spanned::new(
-        span.clone(),
-        DeValue::Table(fingerprint_source),
-    ))) {
-        Ok(value) => format!("{value:?} {timing:?}"),
-        Err(error) => return Err(at(error.span(), error.message())),
     };
+    let vcs = backends.name_of(type_name).ok_or_else(unknown_type)?;
     let poller = PollerConfig {
-        fingerprint,
         name: name.clone(),
         vcs,
         repo: repo.clone(),
@@ -540,9 +541,35 @@ fn build_poller(
         codebase: common.codebase.unwrap_or_default(),
         revlink: common.revlink,
         properties: common.properties.unwrap_or_default(),
-        poller,
+        keys: toml::Table::new(),
+        config_dir: config_dir.to_path_buf(),
+        mirror_dir: daemon.state_dir.join("mirrors").join(name),
     };
-    Ok((poller, common.name.span()))
+    let spanned =
+        || ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(own.clone())));
+    let checked = backends
+        .check(type_name, poller.context(), spanned())
+        .ok_or_else(unknown_type)?;
+    match checked {
+        Ok(()) => {}
+        Err(KeysError::Keys(e)) => return Err(at(e.span().or(Some(span.clone())), e.message())),
+        Err(KeysError::Invalid(refusal)) => {
+            let span = match refusal.key {
+                Some("repo") => common.repo.span(),
+                Some(key) => own_spans
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| common.vcs.span()),
+                None => common.vcs.span(),
+            };
+            return Err(at(
+                Some(span),
+                &format!("poller `{name}`: {}", refusal.message),
+            ));
+        }
+    }
+    let keys = toml::Table::deserialize(spanned()).map_err(|e| at(e.span(), e.message()))?;
+    Ok((PollerConfig { keys, ..poller }, common.name.span()))
 }
 
 fn resolve_timing(
@@ -665,9 +692,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, PollError, PollOutcome, Refusal};
-    use crate::model::Cursor;
+    use crate::sink::{Sink, SinkFailure, SinkType};
     use async_trait::async_trait;
+    use polld_backend::{Backend, Cursor, PollError, PollOutcome, Poller, Refusal};
+    use std::sync::Arc;
 
     /// A backend with one key of its own, to test how poller tables are split.
     struct Dummy;
@@ -702,10 +730,47 @@ mod tests {
         }
     }
 
+    /// A sink type with one key, to test how `[sink]` is checked.
+    struct FileSink;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FileSinkKeys {
+        path: PathBuf,
+    }
+
+    struct NoSink;
+
+    #[async_trait]
+    impl Sink for NoSink {
+        async fn deliver(&self, _: &[crate::model::Change]) -> Result<(), SinkFailure> {
+            Ok(())
+        }
+    }
+
+    impl SinkType for FileSink {
+        const TYPE: &'static str = "file";
+        type Config = FileSinkKeys;
+        fn check(&self, _: &SinkContext, keys: &FileSinkKeys) -> Result<(), Refusal> {
+            if keys.path == Path::new("/dev/null") {
+                return Err(Refusal::at("path", "path /dev/null is not a regular file"));
+            }
+            Ok(())
+        }
+        fn open(&self, _: &SinkContext, _: FileSinkKeys) -> Result<Arc<dyn Sink>, String> {
+            Ok(Arc::new(NoSink))
+        }
+    }
+
+    fn plugins() -> Plugins {
+        let mut plugins = Plugins::default();
+        plugins.backends.register(Dummy);
+        plugins.sinks.register(FileSink);
+        plugins
+    }
+
     fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let mut registry = Registry::new();
-        registry.register(Dummy);
-        parse(Path::new("/etc/polld/pollers.toml"), text, &registry)
+        parse(Path::new("/etc/polld/pollers.toml"), text, &plugins())
     }
 
     /// The `line:col: message` part of an error.
@@ -732,7 +797,7 @@ state_dir = "state"
 interval = "1m"
 jitter = 5
 [sink]
-type = "jsonl"
+type = "file"
 path = "out/changes.jsonl"
 [[poller]]
 name = "a"
@@ -752,12 +817,8 @@ properties = { team = "core", n = 3 }
         .unwrap();
         assert_eq!(config.daemon.state_dir, PathBuf::from("/etc/polld/state"));
         assert_eq!(config.daemon.max_concurrent_polls, 32);
-        assert_eq!(
-            config.sink,
-            SinkConfig::Jsonl {
-                path: "/etc/polld/out/changes.jsonl".into()
-            }
-        );
+        assert_eq!(config.sink.type_name, "file");
+        assert_eq!(config.sink.keys["path"].as_str(), Some("out/changes.jsonl"));
         let (a, b) = (&config.pollers[0], &config.pollers[1]);
         assert_eq!(a.timing.interval, Duration::from_secs(60));
         assert_eq!(a.timing.jitter, Duration::from_secs(5));
@@ -771,28 +832,35 @@ properties = { team = "core", n = 3 }
     }
 
     #[test]
-    fn http_sinks_parse() {
-        let config = load_text(
-            "[sink]\ntype = \"buildbot\"\nurl = \"http://127.0.0.1:8010/change_hook/base\"\nusername = \"u\"\npassword_env = \"P\"\ntimeout = \"5s\"\n",
+    fn a_reload_diff_compares_by_value() {
+        let base = "[[poller]]\nname = \"a\"\ntype = \"dummy\"\nrepo = \"/r\"\n\
+                    [[poller]]\nname = \"b\"\ntype = \"dummy\"\nrepo = \"/r\"\n";
+        let old = load_text(base).unwrap();
+        let same = load_text(base).unwrap();
+        let diff = super::diff(&old, &same);
+        assert_eq!(diff.unchanged, ["a", "b"]);
+        assert!(diff.added.is_empty() && diff.changed.is_empty() && diff.removed.is_empty());
+
+        let new = load_text(
+            "[[poller]]\nname = \"a\"\ntype = \"dummy\"\nrepo = \"/r\"\nbranches = [\"x\"]\n\
+             [[poller]]\nname = \"c\"\ntype = \"dummy\"\nrepo = \"/r\"\n\
+             [sink]\ntype = \"file\"\npath = \"x\"\n",
         )
         .unwrap();
-        let SinkConfig::Buildbot(sink) = config.sink else {
-            panic!("{:?}", config.sink)
-        };
-        assert_eq!(sink.username.as_deref(), Some("u"));
-        assert_eq!(sink.timeout, Some(HumanDuration(Duration::from_secs(5))));
-        let config = load_text("[sink]\ntype = \"webhook\"\nurl = \"https://ci/hook\"\nsecret_env = \"S\"\nheaders = { X-Team = \"core\" }\n").unwrap();
-        let SinkConfig::Webhook(sink) = config.sink else {
-            panic!("{:?}", config.sink)
-        };
-        assert_eq!(sink.headers["X-Team"], "core");
+        let diff = super::diff(&old, &new);
+        let names =
+            |list: &[&PollerConfig]| list.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&diff.changed), ["a"]);
+        assert_eq!(names(&diff.added), ["c"]);
+        assert_eq!(diff.removed, ["b"]);
+        assert!(diff.sink_changed && !diff.daemon_changed);
     }
 
     #[test]
     fn an_empty_file_is_a_config_with_no_pollers() {
         let config = load_text("").unwrap();
         assert!(config.pollers.is_empty());
-        assert_eq!(config.sink, SinkConfig::Stdout);
+        assert_eq!(config.sink.type_name, "stdout");
     }
 
     #[test]
@@ -811,10 +879,10 @@ properties = { team = "core", n = 3 }
             ),
             (
                 "[sink]\ntype = \"carrier-pigeon\"\n".into(),
-                "2:8: unknown sink type `carrier-pigeon`",
+                "2:8: unknown sink type `carrier-pigeon`; known: file",
             ),
             (
-                "[sink]\ntype = \"jsonl\"\npath = \"x\"\nfsync = true\n".into(),
+                "[sink]\ntype = \"file\"\npath = \"x\"\nfsync = true\n".into(),
                 "4:1: unknown field `fsync`",
             ),
             (
@@ -858,7 +926,7 @@ properties = { team = "core", n = 3 }
                 "5:12: 101years is longer than polld supports",
             ),
             (
-                "[sink]\ntype = \"jsonl\"\npath = \"/dev/null\"\n".into(),
+                "[sink]\ntype = \"file\"\npath = \"/dev/null\"\n".into(),
                 "3:8: [sink]: path /dev/null is not a regular file",
             ),
             (
@@ -918,7 +986,7 @@ properties = { team = "core", n = 3 }
 
     #[test]
     fn a_missing_file_is_named() {
-        let error = load(Path::new("/nonexistent/pollers.toml"), &Registry::new())
+        let error = load(Path::new("/nonexistent/pollers.toml"), &Plugins::default())
             .err()
             .unwrap();
         assert!(

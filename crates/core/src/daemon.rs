@@ -10,14 +10,15 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, PollerConfig, diff};
 use crate::delivery::{Delivery, QueuedSignal};
-use crate::engine::Engine;
+use crate::engine::{ActivePoller, Engine};
 use crate::metrics::Metrics;
+use crate::plugins::Plugins;
 use crate::repo_key::repo_key;
 use crate::scheduler::{PollTarget, Scheduled, Scheduler, SchedulerHandle};
-use crate::sink;
-use crate::store::{StateLock, Store, StoreError};
+use crate::sink::Sink;
+use crate::store::{Access, Store, StoreError, StoredStatus};
 use crate::supervise::{Health, TaskHealth, panic_message, supervise};
 
 /// How often poll outcomes are saved for `polld status`: batched, so that a poll that
@@ -29,18 +30,27 @@ const FINAL_DELIVERY: Duration = Duration::from_secs(5);
 /// Why `run` or `once` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot open the sink: {0}")]
     Sink(String),
+    #[error("poller `{poller}`: {message}")]
+    Poller { poller: String, message: String },
 }
 
 /// A running daemon, as the control endpoint and the signal handlers see it.
 pub struct Control {
     config: Mutex<Arc<Config>>,
+    plugins: Plugins,
     scheduler: SchedulerHandle,
     engine: Arc<Engine>,
-    store: Store,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     running: AtomicBool,
@@ -63,7 +73,7 @@ impl Control {
         Arc::clone(&self.config.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -107,71 +117,64 @@ impl Control {
         matching
     }
 
-    /// Switches to `new`: unchanged pollers keep their schedule and cursor, changed ones
-    /// restart (as at launch) with their cursor, removed ones stop (their cursor stays in
-    /// the store), new ones start as at launch. A poller whose type changed starts with
-    /// no cursor, since the new backend cannot read the old one (see `Engine::cursor`).
-    pub async fn reload(&self, new: Config) -> ReloadSummary {
+    /// Switches to `new`: unchanged pollers keep their schedule, cursor and poller
+    /// object; changed ones are built again and restart (as at launch) with their
+    /// cursor; removed ones stop (their cursor stays in the store); new ones are built
+    /// and start as at launch. A poller whose type changed starts with no cursor, since
+    /// the new backend cannot read the old one (see `Engine::cursor`).
+    pub async fn reload(&self, new: Config) -> Result<ReloadSummary, DaemonError> {
         let old = self.config();
-        let mut summary = ReloadSummary::default();
-        if new.daemon != old.daemon {
-            summary.needs_restart.push("[daemon]");
+        let changes = diff(&old, &new);
+        // Build everything first: a poller that cannot be built refuses the whole
+        // reload, and the running config stays.
+        let started = start_pollers(
+            &self.plugins,
+            changes.added.iter().chain(&changes.changed).copied(),
+        )?;
+        let summary = ReloadSummary {
+            added: changes.added.iter().map(|p| p.name.clone()).collect(),
+            restarted: changes.changed.iter().map(|p| p.name.clone()).collect(),
+            removed: changes.removed.iter().map(|n| (*n).to_owned()).collect(),
+            unchanged: changes.unchanged.len(),
+            needs_restart: [
+                ("[daemon]", changes.daemon_changed),
+                ("[sink]", changes.sink_changed),
+            ]
+            .into_iter()
+            .filter_map(|(section, changed)| changed.then_some(section))
+            .collect(),
+        };
+        for name in &changes.removed {
+            self.metrics.forget(name);
         }
-        if new.sink != old.sink {
-            summary.needs_restart.push("[sink]");
-        }
-        let mut restart = HashSet::new();
-        for poller in &new.pollers {
-            match old.pollers.iter().find(|p| p.name == poller.name) {
-                None => summary.added.push(poller.name.clone()),
-                Some(before) if before.fingerprint == poller.fingerprint => summary.unchanged += 1,
-                Some(_) => {
-                    restart.insert(poller.name.clone());
-                    summary.restarted.push(poller.name.clone());
-                }
-            }
-        }
-        for poller in &old.pollers {
-            if !new.pollers.iter().any(|p| p.name == poller.name) {
-                summary.removed.push(poller.name.clone());
-                self.metrics.forget(&poller.name);
-            }
-        }
-        self.engine.set_pollers(new.pollers.clone());
+        self.engine.update(started, &changes.removed);
+        let restart: HashSet<String> = summary.restarted.iter().cloned().collect();
         self.scheduler.reload(scheduled(&new), restart);
         // Keep what needs a restart as it is, so status and notify describe what runs.
         let mut new = new;
         new.daemon = old.daemon.clone();
         new.sink = old.sink.clone();
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-        summary
+        Ok(summary)
     }
 
     /// Each configured poller with what the store knows of it, poll outcomes saved first
     /// so the answer is current.
-    pub async fn status(&self) -> Result<Vec<crate::store::StoredStatus>, StoreError> {
+    pub async fn status(&self) -> Result<Vec<StoredStatus>, StoreError> {
         self.engine.save_poll_records().await;
         let config = self.config();
         let names: Vec<String> = config.pollers.iter().map(|p| p.name.clone()).collect();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            store.status(&names)
-        })
-        .await
-        .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
+        self.store.status(&names).await
     }
 
     /// The Prometheus exposition, with the queue gauges read fresh from the store.
     pub async fn metrics_text(&self) -> String {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.queue_counts()).await {
-            Ok(Ok(counts)) => {
+        match self.store.queue_counts().await {
+            Ok(counts) => {
                 let config = self.config();
                 let names: Vec<&str> = config.pollers.iter().map(|p| p.name.as_str()).collect();
                 self.metrics.set_queues(&names, &counts);
             }
-            Ok(Err(error)) => tracing::warn!(%error, "cannot read queue sizes for /metrics"),
             Err(error) => tracing::warn!(%error, "cannot read queue sizes for /metrics"),
         }
         self.metrics.encode()
@@ -182,22 +185,30 @@ impl Control {
 /// [`Control`] handle once everything runs.
 pub async fn run(
     config: Config,
+    plugins: Plugins,
     shutdown: CancellationToken,
     started: impl FnOnce(Arc<Control>),
 ) -> Result<(), DaemonError> {
-    let (_lock, store) = open_store(&config).await?;
+    let store = open_store(&config, &plugins).await?;
     let queued = Arc::new(QueuedSignal::default());
     let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        config.pollers.clone(),
-        Arc::clone(&metrics),
-        Arc::clone(&queued),
-    )?);
+    let engine = Arc::new(
+        Engine::new(
+            Arc::clone(&store),
+            start_pollers(&plugins, &config.pollers)?,
+            Arc::clone(&metrics),
+            Arc::clone(&queued),
+        )
+        .await?,
+    );
 
     let health = Arc::new(Health::default());
     let stop_delivery = CancellationToken::new();
-    let delivery = Delivery::new(store.clone(), open_sink(&config)?, Arc::clone(&metrics));
+    let delivery = Delivery::new(
+        Arc::clone(&store),
+        open_sink(&config, &plugins)?,
+        Arc::clone(&metrics),
+    );
     let delivering = tokio::spawn({
         let (delivery, queued, stop) =
             (delivery.clone(), Arc::clone(&queued), stop_delivery.clone());
@@ -221,6 +232,7 @@ pub async fn run(
     let scheduler = Scheduler::new(scheduled(&config), config.daemon.max_concurrent_polls);
     let grace = config.daemon.shutdown_grace;
     let control = Arc::new(Control {
+        plugins,
         scheduler: scheduler.handle(),
         engine: Arc::clone(&engine),
         store,
@@ -278,20 +290,30 @@ pub struct OnceReport {
 
 /// Polls the given pollers (all when empty) once each, concurrently within
 /// `max_concurrent_polls`, then delivers everything queued.
-pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, DaemonError> {
-    let (_lock, store) = open_store(config).await?;
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        config.pollers.clone(),
-        Arc::new(Metrics::new()),
-        Arc::new(QueuedSignal::default()),
-    )?);
+pub async fn once(
+    config: &Config,
+    plugins: &Plugins,
+    names: &[String],
+) -> Result<OnceReport, DaemonError> {
+    let store = open_store(config, plugins).await?;
+    let chosen: Vec<PollerConfig> = config
+        .pollers
+        .iter()
+        .filter(|p| names.is_empty() || names.contains(&p.name))
+        .cloned()
+        .collect();
+    let engine = Arc::new(
+        Engine::new(
+            Arc::clone(&store),
+            start_pollers(plugins, &chosen)?,
+            Arc::new(Metrics::new()),
+            Arc::new(QueuedSignal::default()),
+        )
+        .await?,
+    );
     let permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_polls));
     let mut polls = JoinSet::new();
-    for poller in &config.pollers {
-        if !names.is_empty() && !names.contains(&poller.name) {
-            continue;
-        }
+    for poller in &chosen {
         let (engine, permits, name) = (
             Arc::clone(&engine),
             Arc::clone(&permits),
@@ -317,7 +339,7 @@ pub async fn once(config: &Config, names: &[String]) -> Result<OnceReport, Daemo
     report.failed.sort();
     engine.save_poll_records().await;
 
-    let delivery = Delivery::new(store, open_sink(config)?, Arc::new(Metrics::new()));
+    let delivery = Delivery::new(store, open_sink(config, plugins)?, Arc::new(Metrics::new()));
     match delivery.drain().await {
         Ok(delivered) => report.delivered = delivered,
         Err(error) => report.delivery_error = Some(error.to_string()),
@@ -342,18 +364,43 @@ fn scheduled(config: &Config) -> Vec<Scheduled> {
         .collect()
 }
 
-fn open_sink(config: &Config) -> Result<Arc<dyn sink::Sink>, DaemonError> {
-    sink::open(&config.sink).map_err(DaemonError::Sink)
+/// Builds the pollers of `configs` with their backends.
+fn start_pollers<'a>(
+    plugins: &Plugins,
+    configs: impl IntoIterator<Item = &'a PollerConfig>,
+) -> Result<Vec<ActivePoller>, DaemonError> {
+    configs
+        .into_iter()
+        .map(|config| start_poller(plugins, config))
+        .collect()
 }
 
-/// Locks the state directory for this process and opens its store.
-async fn open_store(config: &Config) -> Result<(StateLock, Store), StoreError> {
-    let state_dir = config.daemon.state_dir.clone();
-    tokio::task::spawn_blocking(move || {
-        Ok((StateLock::acquire(&state_dir)?, Store::open(&state_dir)?))
+fn start_poller(plugins: &Plugins, config: &PollerConfig) -> Result<ActivePoller, DaemonError> {
+    let poller = plugins
+        .backends
+        .build(config)
+        .map_err(|message| DaemonError::Poller {
+            poller: config.name.clone(),
+            message,
+        })?;
+    Ok(ActivePoller {
+        config: config.clone(),
+        poller,
     })
-    .await
-    .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
+}
+
+fn open_sink(config: &Config, plugins: &Plugins) -> Result<Arc<dyn Sink>, DaemonError> {
+    plugins.sinks.open(&config.sink).map_err(DaemonError::Sink)
+}
+
+/// Makes the state directory owner-only and opens the store for this process.
+async fn open_store(config: &Config, plugins: &Plugins) -> Result<Arc<dyn Store>, DaemonError> {
+    let state_dir = &config.daemon.state_dir;
+    crate::private::prepare_state_dir(state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
+    Ok(plugins.stores.open(state_dir, Access::Exclusive).await?)
 }
 
 /// Saves poll outcomes at most every [`STATUS_SAVE_EVERY`], and only when there are

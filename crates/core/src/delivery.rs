@@ -67,13 +67,13 @@ impl QueuedSignal {
 /// The delivery side of the daemon: a sink and the outbox it empties.
 #[derive(Clone)]
 pub struct Delivery {
-    store: Store,
+    store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
 }
 
 impl Delivery {
-    pub fn new(store: Store, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<dyn Store>, sink: Arc<dyn Sink>, metrics: Arc<Metrics>) -> Self {
         Delivery {
             store,
             sink,
@@ -237,8 +237,7 @@ impl Lanes {
 
     /// Opens a lane for every poller with queued changes.
     async fn refresh(&mut self) {
-        let store = self.delivery.store.clone();
-        match blocking(move || store.pending_pollers()).await {
+        match self.delivery.store.pending_pollers().await {
             Ok(pollers) => {
                 for poller in pollers {
                     self.open(poller);
@@ -312,10 +311,8 @@ impl Lanes {
         };
         let mut batch = Vec::new();
         for poller in ready {
-            let store = self.delivery.store.clone();
             let limit = max_batch - batch.len();
-            let name = poller.clone();
-            match blocking(move || store.peek(&name, limit)).await {
+            match self.delivery.store.peek(&poller, limit).await {
                 Ok(changes) if changes.is_empty() => {
                     self.lanes.remove(&poller);
                 }
@@ -465,11 +462,8 @@ impl Lanes {
 
     /// Tries again to write what the sink's answers called for.
     async fn settle_again(&mut self) {
-        let store = self.delivery.store.clone();
         let pending = std::mem::take(&mut self.unsettled);
-        let (left, result) = tokio::task::spawn_blocking(move || settle(&store, pending))
-            .await
-            .unwrap_or_else(|join| (Vec::new(), Err(StoreError::Task(join.to_string()))));
+        let (left, result) = settle(self.delivery.store.as_ref(), pending).await;
         match result {
             Ok(()) => {
                 tracing::info!("the outbox can be written again; delivery resumes");
@@ -542,17 +536,13 @@ async fn attempt(delivery: Delivery, batch: Vec<Queued>, lanes: Vec<String>) -> 
             }),
             SinkError::Retry(reason) | SinkError::Unreachable(reason) => {
                 // For `polld status` only: failing to note it changes nothing.
-                let (store, seq, reason) = (delivery.store.clone(), queued.seq, reason.clone());
-                if let Err(error) = blocking(move || store.record_attempt(seq, &reason)).await {
+                if let Err(error) = delivery.store.record_attempt(queued.seq, reason).await {
                     tracing::debug!(%error, "cannot note a failed delivery attempt");
                 }
             }
         }
     }
-    let store = delivery.store.clone();
-    let (left, settled) = tokio::task::spawn_blocking(move || settle(&store, settles))
-        .await
-        .unwrap_or_else(|join| (Vec::new(), Err(StoreError::Task(join.to_string()))));
+    let (left, settled) = settle(delivery.store.as_ref(), settles).await;
     Report {
         lanes,
         delivered: acknowledged,
@@ -562,12 +552,12 @@ async fn attempt(delivery: Delivery, batch: Vec<Queued>, lanes: Vec<String>) -> 
 }
 
 /// Applies `settles` in order; on an error, returns the ones not applied.
-fn settle(store: &Store, settles: Vec<Settle>) -> (Vec<Settle>, Result<(), StoreError>) {
+async fn settle(store: &dyn Store, settles: Vec<Settle>) -> (Vec<Settle>, Result<(), StoreError>) {
     let mut settles = settles.into_iter();
     while let Some(next) = settles.next() {
         let applied = match &next {
-            Settle::Acknowledged(seqs) => store.acknowledge(seqs),
-            Settle::Refused { seq, reason } => store.dead_letter(*seq, reason),
+            Settle::Acknowledged(seqs) => store.acknowledge(seqs).await,
+            Settle::Refused { seq, reason } => store.dead_letter(*seq, reason).await,
         };
         if let Err(error) = applied {
             let mut left = vec![next];
@@ -580,196 +570,4 @@ fn settle(store: &Store, settles: Vec<Settle>) -> (Vec<Settle>, Result<(), Store
 
 fn retry_delay(failures: u32, cap: Duration) -> Duration {
     backoff::uniform(Duration::ZERO, RETRY_BASE) + backoff::exponential(failures, RETRY_BASE, cap)
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(join) => Err(StoreError::Task(join.to_string())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Cursor, sample_change};
-    use async_trait::async_trait;
-
-    type Answer = dyn Fn(&Change) -> Result<(), SinkError> + Send + Sync;
-
-    /// Answers each change as `answer` says, one change per call, and records what it
-    /// acknowledged.
-    struct ScriptedSink {
-        answer: Mutex<Box<Answer>>,
-        taken: Mutex<Vec<String>>,
-    }
-
-    impl ScriptedSink {
-        fn new(
-            answer: impl Fn(&Change) -> Result<(), SinkError> + Send + Sync + 'static,
-        ) -> Arc<Self> {
-            Arc::new(ScriptedSink {
-                answer: Mutex::new(Box::new(answer)),
-                taken: Mutex::new(Vec::new()),
-            })
-        }
-
-        fn answer(
-            &self,
-            answer: impl Fn(&Change) -> Result<(), SinkError> + Send + Sync + 'static,
-        ) {
-            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(answer);
-        }
-
-        fn taken(&self) -> Vec<String> {
-            self.taken.lock().unwrap().clone()
-        }
-    }
-
-    #[async_trait]
-    impl Sink for ScriptedSink {
-        async fn deliver(&self, changes: &[Change]) -> Result<(), SinkFailure> {
-            for (acknowledged, change) in changes.iter().enumerate() {
-                // A panicking answer poisons the lock: the test goes on with it.
-                let answer = (self.answer.lock().unwrap_or_else(|p| p.into_inner()))(change);
-                if let Err(error) = answer {
-                    return Err(SinkFailure {
-                        acknowledged,
-                        error,
-                    });
-                }
-                self.taken.lock().unwrap().push(change.id.clone());
-            }
-            Ok(())
-        }
-
-        fn max_batch(&self) -> usize {
-            1
-        }
-
-        fn max_in_flight(&self) -> usize {
-            2
-        }
-    }
-
-    fn queue(store: &Store, poller: &str, revisions: &[&str]) {
-        let changes: Vec<Change> = revisions.iter().map(|r| sample_change(poller, r)).collect();
-        store
-            .commit_poll(poller, "git", &Cursor(serde_json::json!({})), &changes)
-            .unwrap();
-    }
-
-    async fn until(what: &str, mut done: impl FnMut() -> bool) {
-        for _ in 0..2000 {
-            if done() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    fn start(store: &Store, sink: &Arc<ScriptedSink>) -> (Arc<QueuedSignal>, CancellationToken) {
-        let delivery = Delivery::new(store.clone(), sink.clone(), Arc::new(Metrics::new()));
-        let (queued, stop) = (Arc::new(QueuedSignal::default()), CancellationToken::new());
-        tokio::spawn(delivery.run(Arc::clone(&queued), stop.clone()));
-        (queued, stop)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_poller_whose_changes_fail_does_not_hold_up_the_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        queue(&store, "a", &["a1", "a2"]);
-        queue(&store, "b", &["b1"]);
-        let sink = ScriptedSink::new(|change| match change.poller.as_str() {
-            "a" => Err(SinkError::Retry("HTTP 500".into())),
-            _ => Ok(()),
-        });
-        let (queued, stop) = start(&store, &sink);
-        until("b's change", || sink.taken() == ["b:main:b1"]).await;
-        queue(&store, "b", &["b2"]);
-        queued.queued("b");
-        until("b's second change", || sink.taken().len() == 2).await;
-        assert_eq!(store.status(&["a"]).unwrap()[0].pending, 2);
-
-        sink.answer(|_| Ok(()));
-        until("a's changes, in order", || sink.taken().len() == 4).await;
-        assert_eq!(
-            sink.taken(),
-            ["b:main:b1", "b:main:b2", "a:main:a1", "a:main:a2"]
-        );
-        stop.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_unreachable_sink_holds_every_lane_and_a_refusal_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        queue(&store, "a", &["a1", "bad", "a2"]);
-        queue(&store, "b", &["b1"]);
-        let sink = ScriptedSink::new(|_| Err(SinkError::Unreachable("connection refused".into())));
-        let (_queued, stop) = start(&store, &sink);
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(sink.taken().is_empty());
-        sink.answer(|change| match change.revision.as_str() {
-            "bad" => Err(SinkError::Refused("HTTP 400".into())),
-            _ => Ok(()),
-        });
-        until("everything but the refused change", || {
-            sink.taken().len() == 3
-        })
-        .await;
-        let a: Vec<String> = sink
-            .taken()
-            .into_iter()
-            .filter(|id| id.starts_with("a:"))
-            .collect();
-        assert_eq!(a, ["a:main:a1", "a:main:a2"]);
-        assert_eq!(store.status(&["a"]).unwrap()[0].dead_letters, 1);
-        stop.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_panicking_sink_is_one_lane_failing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        queue(&store, "a", &["a1"]);
-        queue(&store, "b", &["b1"]);
-        let sink = ScriptedSink::new(|change| {
-            assert_ne!(change.poller, "a", "a sink bug");
-            Ok(())
-        });
-        let (_queued, stop) = start(&store, &sink);
-        until("b's change", || sink.taken() == ["b:main:b1"]).await;
-        until("a's failure noted", || {
-            store.status(&["a"]).unwrap()[0]
-                .last_delivery_error
-                .as_deref()
-                .is_some_and(|e| e.contains("the sink panicked: assertion"))
-        })
-        .await;
-        sink.answer(|_| Ok(()));
-        until("a's change after its backoff", || sink.taken().len() == 2).await;
-        stop.cancel();
-    }
-
-    #[tokio::test]
-    async fn drain_leaves_a_failing_lane_for_later_and_delivers_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        queue(&store, "a", &["a1", "a2"]);
-        queue(&store, "b", &["b1", "b2"]);
-        let sink = ScriptedSink::new(|change| match change.poller.as_str() {
-            "a" => Err(SinkError::Retry("HTTP 503".into())),
-            _ => Ok(()),
-        });
-        let delivery = Delivery::new(store.clone(), sink.clone(), Arc::new(Metrics::new()));
-        let error = delivery.drain().await.unwrap_err().to_string();
-        assert!(error.contains("poller a: HTTP 503"), "{error}");
-        assert_eq!(sink.taken(), ["b:main:b1", "b:main:b2"]);
-        assert_eq!(store.status(&["a"]).unwrap()[0].pending, 2);
-    }
 }

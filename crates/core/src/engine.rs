@@ -8,23 +8,29 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::backend::PollOutcome;
+use polld_backend::{Cursor, NewChange, PollOutcome, Poller, redact};
+
 use crate::config::PollerConfig;
 use crate::delivery::QueuedSignal;
 use crate::metrics::Metrics;
-use crate::model::{Change, Cursor, NewChange};
-use crate::redact;
+use crate::model::Change;
 use crate::scheduler::PollTarget;
-use crate::store::{PollRecord, Store, StoredCursor, unix_now};
+use crate::store::{PollRecord, Store, StoreError, StoredCursor, unix_now};
 use crate::supervise::catch_panic;
+
+/// A poller as it runs: its config and the poller its backend built from it.
+pub struct ActivePoller {
+    pub config: PollerConfig,
+    pub poller: Arc<dyn Poller>,
+}
 
 /// Runs polls and stores what they find. Cursors are cached in memory (the store is
 /// written only when a poll finds something), and poll outcomes are kept for
 /// [`Engine::take_poll_records`] so they can be saved in batches.
 pub struct Engine {
-    store: Store,
-    /// Swapped whole by a reload; a poll in flight keeps the config it started with.
-    pollers: RwLock<HashMap<String, Arc<PollerConfig>>>,
+    store: Arc<dyn Store>,
+    /// Changed by reloads; a poll in flight keeps the poller it started with.
+    pollers: RwLock<HashMap<String, Arc<ActivePoller>>>,
     cursors: Mutex<HashMap<String, StoredCursor>>,
     records: Mutex<HashMap<String, PollRecord>>,
     /// Woken when `records` gains its first entry since the last save.
@@ -35,13 +41,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        store: Store,
-        pollers: Vec<PollerConfig>,
+    pub async fn new(
+        store: Arc<dyn Store>,
+        pollers: Vec<ActivePoller>,
         metrics: Arc<Metrics>,
         queued: Arc<QueuedSignal>,
-    ) -> Result<Self, crate::store::StoreError> {
-        let cursors = store.cursors()?;
+    ) -> Result<Self, StoreError> {
+        let cursors = store.cursors().await?;
         let engine = Engine {
             store,
             pollers: RwLock::new(HashMap::new()),
@@ -51,20 +57,24 @@ impl Engine {
             metrics,
             queued,
         };
-        engine.set_pollers(pollers);
+        engine.update(pollers, &[]);
         Ok(engine)
     }
 
-    /// Replaces the configured pollers (a reload). Cursors stay: they belong to names.
-    pub fn set_pollers(&self, pollers: Vec<PollerConfig>) {
-        let pollers = pollers
-            .into_iter()
-            .map(|p| (p.name.clone(), Arc::new(p)))
-            .collect();
-        *self.pollers.write().unwrap_or_else(|p| p.into_inner()) = pollers;
+    /// A reload: `started` pollers (added or changed) replace any of the same name,
+    /// `removed` ones go. The rest keep running as they are. Cursors stay: they belong
+    /// to names.
+    pub fn update(&self, started: Vec<ActivePoller>, removed: &[&str]) {
+        let mut pollers = self.pollers.write().unwrap_or_else(|p| p.into_inner());
+        for name in removed {
+            pollers.remove(*name);
+        }
+        for poller in started {
+            pollers.insert(poller.config.name.clone(), Arc::new(poller));
+        }
     }
 
-    fn poller(&self, name: &str) -> Option<Arc<PollerConfig>> {
+    fn poller(&self, name: &str) -> Option<Arc<ActivePoller>> {
         self.pollers
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -78,7 +88,8 @@ impl Engine {
         let poller = self
             .poller(name)
             .ok_or_else(|| format!("no poller named `{name}`"))?;
-        let span = tracing::info_span!("poll", poller = %name, repo = %poller.display_repo());
+        let span =
+            tracing::info_span!("poll", poller = %name, repo = %poller.config.display_repo());
         let started = Instant::now();
         let result = self.poll_and_store(&poller).instrument(span).await;
         self.metrics.poll_finished(
@@ -102,10 +113,11 @@ impl Engine {
         result
     }
 
-    async fn poll_and_store(&self, poller: &PollerConfig) -> Result<usize, String> {
+    async fn poll_and_store(&self, active: &ActivePoller) -> Result<usize, String> {
+        let poller = &active.config;
         let started = Instant::now();
         let cursor = self.cursor(poller);
-        let outcome = match catch_panic(poller.poller.poll(cursor.as_ref())).await {
+        let outcome = match catch_panic(active.poller.poll(cursor.as_ref())).await {
             Ok(polled) => polled.map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?,
             Err(panic) => {
                 self.metrics.panicked("poll");
@@ -126,12 +138,9 @@ impl Engine {
             .collect();
         let count = changes.len();
         let first_poll = self.cursor(poller).is_none();
-        let store = self.store.clone();
-        let (name, vcs) = (poller.name.clone(), poller.vcs);
-        let stored = cursor.clone();
-        tokio::task::spawn_blocking(move || store.commit_poll(&name, vcs, &stored, &changes))
+        self.store
+            .commit_poll(&poller.name, poller.vcs, &cursor, &changes)
             .await
-            .map_err(|e| format!("storing the poll's result: {e}"))?
             .map_err(|e| format!("storing the poll's result: {e}"))?;
         let vcs = Some(poller.vcs.to_owned());
         self.cursors
@@ -182,11 +191,8 @@ impl Engine {
         if records.is_empty() {
             return;
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.record_polls(&records)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "cannot save poll status"),
-            Err(error) => tracing::warn!(%error, "cannot save poll status"),
+        if let Err(error) = self.store.record_polls(&records).await {
+            tracing::warn!(%error, "cannot save poll status");
         }
     }
 }

@@ -1,8 +1,10 @@
-//! The data that flows through polld: what a backend finds, what a sink receives,
-//! and the opaque cursor that remembers where a poller stopped.
+//! The change record: what every sink receives. (What a backend finds, and its cursor,
+//! are `polld_backend`'s `NewChange` and `Cursor`.)
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub use polld_backend::{Cursor, NewChange};
 
 /// A change record exactly as the contract defines it: what every sink receives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,43 +27,6 @@ pub struct Change {
     pub codebase: String,
     pub revlink: Option<String>,
     pub properties: Map<String, Value>,
-}
-
-/// What a backend reports for one new commit. The core adds everything that comes
-/// from the poller's configuration (project, category, revlink, ...) to make a [`Change`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewChange {
-    /// Branch name as the contract spells it for this VCS; `None` is svn's trunk.
-    pub branch: Option<String>,
-    pub revision: String,
-    pub author: String,
-    pub committer: Option<String>,
-    pub comments: String,
-    pub files: Vec<String>,
-    pub when_timestamp: i64,
-    /// Set by backends that derive the project from the change itself (svn's `split`);
-    /// `None` keeps the poller's configured `project`.
-    pub project: Option<String>,
-}
-
-/// Where a poller stopped: opaque to the core, owned by the backend that wrote it.
-///
-/// It is stored as JSON so that `polld status` can show it and so that a backend can
-/// evolve its format without a schema migration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Cursor(pub Value);
-
-impl Cursor {
-    /// Wraps a backend's own state type.
-    pub fn from_state<T: Serialize>(state: &T) -> Result<Self, serde_json::Error> {
-        serde_json::to_value(state).map(Cursor)
-    }
-
-    /// Reads the cursor back as the backend's own state type.
-    pub fn to_state<T: for<'de> Deserialize<'de>>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&self.0)
-    }
 }
 
 /// A small change for the core's unit tests.

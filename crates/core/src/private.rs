@@ -41,10 +41,23 @@ fn current_umask() -> u32 {
     }
 }
 
+/// Creates `state_dir` (0700) if it is missing, and narrows it if it is wider; a state
+/// directory polld cannot narrow (owned by another user) is only warned about.
+pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(state_dir)?;
+    if let Err(error) = tighten(state_dir) {
+        tracing::warn!(state_dir = %state_dir.display(), %error, "cannot restrict the state directory to its owner");
+    }
+    Ok(())
+}
+
 /// Narrows `state_dir` and what polld keeps directly in it (the store, the lock, the
 /// mirrors directory and each mirror's root) to their owner. Files deeper down, made by
 /// an older polld with a wider umask, are then out of anyone else's reach.
-pub fn tighten(state_dir: &Path) -> std::io::Result<()> {
+fn tighten(state_dir: &Path) -> std::io::Result<()> {
     narrow(state_dir)?;
     for entry in std::fs::read_dir(state_dir)? {
         let path = entry?.path();

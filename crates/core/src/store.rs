@@ -1,107 +1,56 @@
-//! The durable state: each poller's cursor, the outbox of changes waiting for the sink,
-//! and the dead letters the sink refused.
+//! The durable state, behind one trait: each poller's cursor, the outbox of changes
+//! waiting for the sink, the dead letters the sink refused, and each poller's last poll.
 //!
-//! One SQLite file (`<state_dir>/state.db`, WAL mode) holds all of it, so that moving a
-//! cursor and queueing the changes it found is a single transaction: after a crash,
-//! either both happened or neither did. A queued change is deleted only once the sink
-//! acknowledged it, which makes delivery at-least-once and in order per poller.
+//! What a [`Store`] must guarantee (and [`conformance`] checks, for any store):
+//!
+//! - **Cursor and outbox move together**: [`Store::commit_poll`] moves a poller's cursor
+//!   and queues the changes it found in one transaction. A reader never sees the cursor
+//!   without the changes, and after a crash either both happened or neither did.
+//! - **A change leaves only when acknowledged**: [`Store::acknowledge`] deletes exactly
+//!   what the sink took. Delivery is at-least-once.
+//! - **Order per poller**: [`Store::peek`] returns a poller's changes in the order they
+//!   were queued; a dead letter put back by [`Store::redeliver`] takes its old place.
+//! - **Nothing written when nothing changed**: a poll that finds nothing calls nothing
+//!   here; poll outcomes are saved in batches ([`Store::record_polls`]).
+//!
+//! The SQLite store (`polld-store-sqlite`) is the first implementation; stores are
+//! registered in the binary ([`StoreRegistry`]), one line each.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::os::unix::fs::OpenOptionsExt;
+use async_trait::async_trait;
+use polld_backend::Cursor;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::model::Change;
 
-use crate::model::{Change, Cursor};
+/// Why a store operation failed: the store's own error, with its cause chain.
+#[derive(Debug)]
+pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
 
-/// The schema this build writes. Each later version adds one step to [`MIGRATIONS`].
-const SCHEMA_VERSION: i64 = 2;
-
-/// `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE cursors (
-        poller     TEXT PRIMARY KEY,
-        cursor     TEXT NOT NULL,
-        updated_at INTEGER NOT NULL
-    );
-    CREATE TABLE outbox (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-        poller     TEXT NOT NULL,
-        change     TEXT NOT NULL,
-        queued_at  INTEGER NOT NULL,
-        attempts   INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    );
-    CREATE INDEX outbox_poller ON outbox (poller);
-    CREATE TABLE dead_letters (
-        seq        INTEGER PRIMARY KEY,
-        poller     TEXT NOT NULL,
-        change     TEXT NOT NULL,
-        queued_at  INTEGER NOT NULL,
-        failed_at  INTEGER NOT NULL,
-        error      TEXT NOT NULL
-    );
-    CREATE TABLE poll_status (
-        poller       TEXT PRIMARY KEY,
-        last_poll    INTEGER,
-        last_success INTEGER,
-        last_error   TEXT
-    );
-",
-    "
-    -- The backend type that wrote each cursor: another backend cannot read it (the
-    -- poller's type changed), so it is then ignored. NULL: written before version 2.
-    ALTER TABLE cursors ADD COLUMN vcs TEXT;
-",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create state directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("state database {path}: {source}{}", os.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-        /// The operating system's reason, when SQLite's is only "disk I/O error".
-        os: Option<std::io::Error>,
-    },
-    #[error(
-        "state database {path} has schema version {found}, newer than this polld understands ({SCHEMA_VERSION}); upgrade polld"
-    )]
-    TooNew { path: PathBuf, found: i64 },
-    #[error(
-        "state directory {path} is in use by another polld (`run` or `once`); two at once would poll and deliver everything twice"
-    )]
-    Locked { path: PathBuf },
-    #[error("cannot lock state directory {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("state database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("state database: {sql}: {source}")]
-    Io {
-        sql: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("state database task failed: {0}")]
-    Task(String),
-    #[error("state database holds a record that is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+impl StoreError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError(error.into())
+    }
 }
+
+impl fmt::Display for StoreError {
+    /// The whole cause chain on one line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StoreError {}
 
 /// A cursor as stored, with the backend type that wrote it.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +73,7 @@ impl StoredCursor {
 /// A change waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Queued {
-    /// Position in the outbox: delivery follows it.
+    /// Position in the outbox: delivery follows it, per poller.
     pub seq: i64,
     pub change: Change,
 }
@@ -139,7 +88,7 @@ pub struct StoredStatus {
     pub pending: u64,
     pub dead_letters: u64,
     /// Why this poller's oldest waiting change has not been delivered yet, else why its
-    /// latest dead letter was refused.
+    /// latest dead letter was refused (`refused: ...`).
     pub last_delivery_error: Option<String>,
 }
 
@@ -152,429 +101,103 @@ pub struct PollRecord {
     pub error: Option<String>,
 }
 
-/// A handle on the state database. Clones share one connection; every method blocks,
-/// so async code calls them from `tokio::task::spawn_blocking`.
-#[derive(Clone)]
-pub struct Store {
-    connection: Arc<Mutex<Connection>>,
-}
-
-impl Store {
-    /// Opens (creating if needed) `<state_dir>/state.db`. A file that is not a polld
-    /// store, or is corrupt, is an error: state is never silently reset.
-    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        create_private_dir(state_dir)?;
-        let path = state_dir.join("state.db");
-        let mut connection = Connection::open(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-            os: None,
-        })?;
-        restrict_to_owner(&path);
-        let setup = connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
-                 PRAGMA foreign_keys = ON;",
-            )
-            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(10)));
-        if let Err(source) = setup {
-            return Err(StoreError::Open {
-                path,
-                source,
-                os: os_error(&connection),
-            });
-        }
-        if let Err(error) = migrate(&mut connection, &path) {
-            return Err(match error {
-                StoreError::Open {
-                    path,
-                    source,
-                    os: None,
-                } => StoreError::Open {
-                    path,
-                    source,
-                    os: os_error(&connection),
-                },
-                other => other,
-            });
-        }
-        Ok(Store {
-            connection: Arc::new(Mutex::new(connection)),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions
-        // roll back on drop), so a poisoned lock is still safe to use.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
+/// The state of every poller. Methods are async so a networked store needs no thread
+/// per call; a store that blocks (SQLite) moves its work off the async workers itself.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
     /// Every poller's cursor, by poller name.
-    pub fn cursors(&self) -> Result<HashMap<String, StoredCursor>, StoreError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare("SELECT poller, vcs, cursor FROM cursors")?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, Option<String>>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut cursors = HashMap::new();
-        for row in rows {
-            let (poller, vcs, cursor) = row?;
-            let cursor = serde_json::from_str(&cursor)?;
-            cursors.insert(poller, StoredCursor { vcs, cursor });
-        }
-        Ok(cursors)
-    }
+    async fn cursors(&self) -> Result<HashMap<String, StoredCursor>, StoreError>;
 
     /// Moves `poller`'s cursor (written by backend `vcs`) and queues `changes` (oldest
     /// first), atomically.
-    pub fn commit_poll(
+    async fn commit_poll(
         &self,
         poller: &str,
         vcs: &str,
         cursor: &Cursor,
         changes: &[Change],
-    ) -> Result<(), StoreError> {
-        let mut connection = self.lock();
-        let result = Self::write_poll(&mut connection, poller, vcs, cursor, changes);
-        result.map_err(|error| with_os_error(&connection, error))
-    }
-
-    fn write_poll(
-        connection: &mut Connection,
-        poller: &str,
-        vcs: &str,
-        cursor: &Cursor,
-        changes: &[Change],
-    ) -> Result<(), StoreError> {
-        let transaction = connection.transaction()?;
-        let now = unix_now();
-        transaction.execute(
-            "INSERT INTO cursors (poller, vcs, cursor, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (poller) DO UPDATE SET
-                 vcs = excluded.vcs, cursor = excluded.cursor, updated_at = excluded.updated_at",
-            params![poller, vcs, serde_json::to_string(cursor)?, now],
-        )?;
-        {
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO outbox (poller, change, queued_at) VALUES (?1, ?2, ?3)",
-            )?;
-            for change in changes {
-                insert.execute(params![poller, serde_json::to_string(change)?, now])?;
-            }
-        }
-        transaction.commit()?;
-        Ok(())
-    }
-
-    /// (pending, dead letters) per poller that has any.
-    pub fn queue_counts(&self) -> Result<HashMap<String, (u64, u64)>, StoreError> {
-        let connection = self.lock();
-        let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
-        for (table, dead) in [("outbox", false), ("dead_letters", true)] {
-            let mut statement = connection.prepare_cached(&format!(
-                "SELECT poller, COUNT(*) FROM {table} GROUP BY poller"
-            ))?;
-            let rows = statement.query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })?;
-            for row in rows {
-                let (poller, count) = row?;
-                let entry = counts.entry(poller).or_default();
-                if dead {
-                    entry.1 = count as u64;
-                } else {
-                    entry.0 = count as u64;
-                }
-            }
-        }
-        Ok(counts)
-    }
+    ) -> Result<(), StoreError>;
 
     /// The pollers that have changes waiting for the sink.
-    pub fn pending_pollers(&self) -> Result<Vec<String>, StoreError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached("SELECT DISTINCT poller FROM outbox")?;
-        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
+    async fn pending_pollers(&self) -> Result<Vec<String>, StoreError>;
 
     /// Up to `limit` of `poller`'s queued changes, oldest first.
-    pub fn peek(&self, poller: &str, limit: usize) -> Result<Vec<Queued>, StoreError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT seq, change FROM outbox WHERE poller = ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = statement.query_map(params![poller, limit as i64], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut queued = Vec::new();
-        for row in rows {
-            let (seq, change) = row?;
-            queued.push(Queued {
-                seq,
-                change: serde_json::from_str(&change)?,
-            });
-        }
-        Ok(queued)
-    }
+    async fn peek(&self, poller: &str, limit: usize) -> Result<Vec<Queued>, StoreError>;
 
     /// Removes changes the sink acknowledged.
-    pub fn acknowledge(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        {
-            let mut delete = transaction.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-            for seq in seqs {
-                delete.execute([seq])?;
-            }
-        }
-        transaction.commit()?;
-        Ok(())
-    }
+    async fn acknowledge(&self, seqs: &[i64]) -> Result<(), StoreError>;
 
     /// Notes a failed delivery attempt of one queued change, for `polld status`.
-    pub fn record_attempt(&self, seq: i64, error: &str) -> Result<(), StoreError> {
-        self.lock().execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-            params![seq, error],
-        )?;
-        Ok(())
-    }
+    async fn record_attempt(&self, seq: i64, error: &str) -> Result<(), StoreError>;
 
     /// Moves a change the sink refused out of the outbox, so it blocks nothing.
-    pub fn dead_letter(&self, seq: i64, error: &str) -> Result<(), StoreError> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        transaction.execute(
-            "INSERT INTO dead_letters (seq, poller, change, queued_at, failed_at, error)
-             SELECT seq, poller, change, queued_at, ?2, ?3 FROM outbox WHERE seq = ?1",
-            params![seq, unix_now(), error],
-        )?;
-        transaction.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
-        transaction.commit()?;
-        Ok(())
-    }
+    async fn dead_letter(&self, seq: i64, error: &str) -> Result<(), StoreError>;
 
     /// Puts dead letters (of one poller, or all) back in the outbox at their original
-    /// positions. Returns how many.
-    pub fn redeliver(&self, poller: Option<&str>) -> Result<usize, StoreError> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        let filter = "(?1 IS NULL OR poller = ?1)";
-        transaction.execute(
-            &format!(
-                "INSERT INTO outbox (seq, poller, change, queued_at)
-                 SELECT seq, poller, change, queued_at FROM dead_letters WHERE {filter}"
-            ),
-            [poller],
-        )?;
-        let moved = transaction.execute(
-            &format!("DELETE FROM dead_letters WHERE {filter}"),
-            [poller],
-        )?;
-        transaction.commit()?;
-        Ok(moved)
-    }
+    /// places. Returns how many.
+    async fn redeliver(&self, poller: Option<&str>) -> Result<usize, StoreError>;
 
-    /// Saves the latest poll outcomes, all in one transaction.
-    pub fn record_polls(&self, records: &[PollRecord]) -> Result<(), StoreError> {
-        let mut connection = self.lock();
-        let transaction = connection.transaction()?;
-        {
-            let mut upsert = transaction.prepare_cached(
-                "INSERT INTO poll_status (poller, last_poll, last_success, last_error)
-                 VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN ?2 END, ?3)
-                 ON CONFLICT (poller) DO UPDATE SET
-                     last_poll = excluded.last_poll,
-                     last_success = COALESCE(excluded.last_success, poll_status.last_success),
-                     last_error = excluded.last_error",
-            )?;
-            for record in records {
-                upsert.execute(params![record.poller, record.at, record.error])?;
-            }
-        }
-        transaction.commit()?;
-        Ok(())
-    }
+    /// Saves the latest poll outcomes, all at once.
+    async fn record_polls(&self, records: &[PollRecord]) -> Result<(), StoreError>;
 
     /// What the store knows of each named poller, in the order given.
-    pub fn status(&self, pollers: &[&str]) -> Result<Vec<StoredStatus>, StoreError> {
-        let connection = self.lock();
-        let mut statuses = Vec::with_capacity(pollers.len());
-        for poller in pollers {
-            let cursor: Option<String> = connection
-                .query_row(
-                    "SELECT cursor FROM cursors WHERE poller = ?1",
-                    [poller],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let (last_poll, last_success, last_error) = connection
-                .query_row(
-                    "SELECT last_poll, last_success, last_error FROM poll_status WHERE poller = ?1",
-                    [poller],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()?
-                .unwrap_or((None, None, None));
-            let pending: i64 = connection.query_row(
-                "SELECT COUNT(*) FROM outbox WHERE poller = ?1",
-                [poller],
-                |row| row.get(0),
-            )?;
-            let dead_letters: i64 = connection.query_row(
-                "SELECT COUNT(*) FROM dead_letters WHERE poller = ?1",
-                [poller],
-                |row| row.get(0),
-            )?;
-            // The oldest waiting change's failure (what blocks delivery now), else the
-            // newest refusal.
-            let last_delivery_error: Option<String> = connection
-                .query_row(
-                    "SELECT last_error FROM outbox WHERE poller = ?1 AND last_error IS NOT NULL ORDER BY seq LIMIT 1",
-                    [poller],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .or(connection
-                    .query_row(
-                        "SELECT 'refused: ' || error FROM dead_letters WHERE poller = ?1 ORDER BY failed_at DESC, seq DESC LIMIT 1",
-                        [poller],
-                        |row| row.get(0),
-                    )
-                    .optional()?);
-            statuses.push(StoredStatus {
-                cursor: cursor.map(|c| serde_json::from_str(&c)).transpose()?,
-                last_poll,
-                last_success,
-                last_error,
-                pending: pending as u64,
-                dead_letters: dead_letters as u64,
-                last_delivery_error,
-            });
-        }
-        Ok(statuses)
+    async fn status(&self, pollers: &[String]) -> Result<Vec<StoredStatus>, StoreError>;
+
+    /// (pending, dead letters) per poller that has any.
+    async fn queue_counts(&self) -> Result<HashMap<String, (u64, u64)>, StoreError>;
+}
+
+/// How a command uses the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `run` and `once`: polling and delivering. A store that cannot share its state
+    /// between processes (SQLite) lets only one process have it this way at a time.
+    Exclusive,
+    /// `status`, `redeliver`: reading, and changes another process then acts on.
+    Shared,
+}
+
+/// A kind of store polld can keep its state in.
+#[async_trait]
+pub trait StoreType: Send + Sync + 'static {
+    /// Opens (creating if needed) the store for the state directory `state_dir`. A store
+    /// that is not polld's, or is corrupt, is an error: state is never silently reset.
+    async fn open(&self, state_dir: &Path, access: Access) -> Result<Arc<dyn Store>, StoreError>;
+}
+
+/// The stores this binary knows. The binary registers them, one line each; the first
+/// registered is the default, used when the config names none.
+#[derive(Default, Clone)]
+pub struct StoreRegistry {
+    types: BTreeMap<&'static str, Arc<dyn StoreType>>,
+    default: Option<&'static str>,
+}
+
+impl fmt::Debug for StoreRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.types.keys()).finish()
     }
 }
 
-/// Exclusive use of a state directory, held while it lives. Only one process may poll
-/// and deliver from a store at a time; `status` and `redeliver` need no lock.
-pub struct StateLock {
-    _file: std::fs::File,
-}
-
-impl StateLock {
-    /// Takes the lock on `<state_dir>/lock`, or fails at once if another process has it.
-    /// The operating system releases it when the process dies, `kill -9` included.
-    pub fn acquire(state_dir: &Path) -> Result<Self, StoreError> {
-        create_private_dir(state_dir)?;
-        let path = state_dir.join("lock");
-        let lock_error = |source| StoreError::Lock {
-            path: state_dir.to_path_buf(),
-            source,
-        };
-        if let Err(error) = crate::private::tighten(state_dir) {
-            tracing::warn!(state_dir = %state_dir.display(), %error, "cannot restrict the state directory to its owner");
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(lock_error)?;
-        match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
-                path: state_dir.to_path_buf(),
-            }),
-            Err(std::fs::TryLockError::Error(error)) => Err(lock_error(error)),
-        }
+impl StoreRegistry {
+    /// Adds a store under `name` (e.g. `"sqlite"`).
+    pub fn register(&mut self, name: &'static str, store: impl StoreType) -> &mut Self {
+        self.types.insert(name, Arc::new(store));
+        self.default.get_or_insert(name);
+        self
     }
-}
 
-fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-        os: None,
-    };
-    let found: i64 = connection
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(open_error)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found,
-        });
-    }
-    for (version, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let transaction = connection.transaction().map_err(open_error)?;
-        transaction.execute_batch(step).map_err(open_error)?;
-        transaction
-            .pragma_update(None, "user_version", version as i64 + 1)
-            .map_err(open_error)?;
-        transaction.commit().map_err(open_error)?;
-    }
-    Ok(())
-}
-
-/// Adds the operating system's reason to SQLite's I/O errors: "disk I/O error" alone
-/// does not say that the disk is full or read-only.
-fn with_os_error(connection: &Connection, error: StoreError) -> StoreError {
-    let StoreError::Sql(sql) = &error else {
-        return error;
-    };
-    let is_io = matches!(
-        sql.sqlite_error_code(),
-        Some(
-            rusqlite::ErrorCode::SystemIoFailure
-                | rusqlite::ErrorCode::DiskFull
-                | rusqlite::ErrorCode::CannotOpen
-        )
-    );
-    match os_error(connection) {
-        Some(source) if is_io => StoreError::Io {
-            source,
-            sql: sql.to_string(),
-        },
-        _ => error,
-    }
-}
-
-/// The errno of the connection's last failed system call, if any.
-fn os_error(connection: &Connection) -> Option<std::io::Error> {
-    // SAFETY: the handle belongs to `connection`, which is borrowed for the call.
-    let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(connection.handle()) };
-    (errno != 0).then(|| std::io::Error::from_raw_os_error(errno))
-}
-
-/// The state dir holds mirrors of private repositories: only its owner may read it.
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|source| StoreError::CreateDir {
-        path: dir.to_path_buf(),
-        source,
-    })
-}
-
-fn restrict_to_owner(file: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(error) = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
-            tracing::warn!(path = %file.display(), %error, "cannot restrict the state database to its owner");
-        }
+    /// Opens the default store.
+    pub async fn open(
+        &self,
+        state_dir: &Path,
+        access: Access,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        let store = self
+            .default
+            .and_then(|name| self.types.get(name))
+            .ok_or_else(|| StoreError::new("this binary has no store registered"))?;
+        store.open(state_dir, access).await
     }
 }
 
@@ -582,121 +205,8 @@ fn restrict_to_owner(file: &Path) {
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    use crate::model::sample_change as change;
-
-    #[test]
-    fn cursor_and_changes_move_together_and_leave_only_when_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let cursor = Cursor(json!({"refs": {"refs/heads/main": "b"}}));
-        store
-            .commit_poll(
-                "app",
-                "git",
-                &cursor,
-                &[change("app", "a"), change("app", "b")],
-            )
-            .unwrap();
-        drop(store);
-
-        let store = Store::open(dir.path()).unwrap();
-        let stored = &store.cursors().unwrap()["app"];
-        assert_eq!(stored.readable_by("git"), Some(&cursor));
-        assert_eq!(
-            stored.readable_by("hg"),
-            None,
-            "another backend cannot read it"
-        );
-        assert_eq!(store.pending_pollers().unwrap(), ["app"]);
-        let queued = store.peek("app", 10).unwrap();
-        assert_eq!(
-            queued
-                .iter()
-                .map(|q| q.change.revision.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-        store.acknowledge(&[queued[0].seq]).unwrap();
-        assert_eq!(store.peek("app", 10).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn dead_letters_go_back_to_their_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let cursor = Cursor(json!({}));
-        store
-            .commit_poll(
-                "app",
-                "git",
-                &cursor,
-                &[change("app", "a"), change("app", "b")],
-            )
-            .unwrap();
-        let first = store.peek("app", 1).unwrap()[0].seq;
-        store.dead_letter(first, "HTTP 400").unwrap();
-        let status = store.status(&["app"]).unwrap();
-        assert_eq!((status[0].pending, status[0].dead_letters), (1, 1));
-        assert_eq!(store.redeliver(Some("other")).unwrap(), 0);
-        assert_eq!(store.redeliver(Some("app")).unwrap(), 1);
-        assert_eq!(store.peek("app", 10).unwrap()[0].change.revision, "a");
-    }
-
-    #[test]
-    fn a_corrupt_database_is_an_error_not_a_reset() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("state.db"),
-            b"this is not sqlite, not at all, no",
-        )
-        .unwrap();
-        let error = Store::open(dir.path())
-            .err()
-            .expect("corrupt store must not open");
-        assert!(error.to_string().contains("state.db"), "{error}");
-    }
-
-    #[test]
-    fn one_process_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let held = StateLock::acquire(dir.path()).unwrap();
-        assert!(matches!(
-            StateLock::acquire(dir.path()),
-            Err(StoreError::Locked { .. })
-        ));
-        drop(held);
-        StateLock::acquire(dir.path()).unwrap();
-    }
-
-    #[test]
-    fn poll_records_keep_the_last_success() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let ok = PollRecord {
-            poller: "app".into(),
-            at: 10,
-            error: None,
-        };
-        let failed = PollRecord {
-            poller: "app".into(),
-            at: 20,
-            error: Some("refused".into()),
-        };
-        store.record_polls(&[ok]).unwrap();
-        store.record_polls(&[failed]).unwrap();
-        let status = &store.status(&["app"]).unwrap()[0];
-        assert_eq!(
-            (status.last_poll, status.last_success),
-            (Some(20), Some(10))
-        );
-        assert_eq!(status.last_error.as_deref(), Some("refused"));
-    }
-}
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;

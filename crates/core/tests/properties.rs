@@ -9,6 +9,9 @@
 //! - The same config with one key renamed to an unknown one is refused at that key's
 //!   line and column, whenever removing the key would leave the config valid.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,13 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use polld_core::config::{
-    BuildbotSinkConfig, Config, ConfigError, DaemonConfig, HumanDuration, SinkConfig, Timing,
-    WebhookSinkConfig, parse,
-};
-use polld_core::{
-    Backend, Cursor, PollError, PollOutcome, Poller, PollerContext, Refusal, Registry,
-};
+use polld_backend::{Backend, Cursor, PollError, PollOutcome, Poller, PollerContext, Refusal};
+use polld_core::Plugins;
+use polld_core::config::{Config, ConfigError, DaemonConfig, HumanDuration, Timing, parse};
+use polld_sinks::buildbot::BuildbotConfig;
+use polld_sinks::jsonl::JsonlConfig;
+use polld_sinks::webhook::WebhookConfig;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde::Deserialize;
@@ -90,10 +92,23 @@ fn received(
     .to_string()
 }
 
+fn plugins() -> Plugins {
+    let mut plugins = Plugins::default();
+    plugins.backends.register(Dummy);
+    plugins.sinks.register(polld_sinks::Stdout);
+    plugins.sinks.register(polld_sinks::Jsonl);
+    plugins.sinks.register(polld_sinks::Buildbot);
+    plugins.sinks.register(polld_sinks::Webhook);
+    plugins
+}
+
 fn load(text: &str) -> Result<Config, ConfigError> {
-    let mut registry = Registry::new();
-    registry.register(Dummy);
-    parse(Path::new(FILE), text, &registry)
+    parse(Path::new(FILE), text, &plugins())
+}
+
+/// A sink's keys as its own config type reads them.
+fn sink_keys<T: serde::de::DeserializeOwned>(config: &Config) -> T {
+    T::deserialize(toml::Value::Table(config.sink.keys.clone())).unwrap()
 }
 
 /// Every error names the file, a line and a column inside `text`, and a message.
@@ -721,35 +736,54 @@ fn check_config(model: &Model, config: &Config) -> Result<(), TestCaseError> {
     };
     prop_assert_eq!(&config.daemon, &daemon);
     let human = |d: &Option<Dur>| d.map(|d| HumanDuration(Duration::from_secs(d.seconds)));
-    let sink = match &model.sink {
-        None | Some(SinkModel::Stdout) => SinkConfig::Stdout,
-        Some(SinkModel::Jsonl { path }) => SinkConfig::Jsonl {
-            path: dir.join(path),
-        },
+    match &model.sink {
+        None | Some(SinkModel::Stdout) => {
+            prop_assert_eq!(&config.sink.type_name, "stdout");
+            prop_assert!(config.sink.keys.is_empty());
+        }
+        Some(SinkModel::Jsonl { path }) => {
+            prop_assert_eq!(&config.sink.type_name, "jsonl");
+            prop_assert_eq!(
+                sink_keys::<JsonlConfig>(config),
+                JsonlConfig { path: path.into() }
+            );
+        }
         Some(SinkModel::Buildbot {
             url,
             username,
             password_env,
             timeout,
-        }) => SinkConfig::Buildbot(BuildbotSinkConfig {
-            url: url.clone(),
-            username: username.clone(),
-            password_env: password_env.clone(),
-            timeout: human(timeout),
-        }),
+        }) => {
+            prop_assert_eq!(&config.sink.type_name, "buildbot");
+            prop_assert_eq!(
+                sink_keys::<BuildbotConfig>(config),
+                BuildbotConfig {
+                    url: url.clone(),
+                    username: username.clone(),
+                    password_env: password_env.clone(),
+                    timeout: human(timeout),
+                }
+            );
+        }
         Some(SinkModel::Webhook {
             url,
             secret_env,
             headers,
             timeout,
-        }) => SinkConfig::Webhook(WebhookSinkConfig {
-            url: url.clone(),
-            secret_env: secret_env.clone(),
-            headers: headers.clone(),
-            timeout: human(timeout),
-        }),
-    };
-    prop_assert_eq!(&config.sink, &sink);
+        }) => {
+            prop_assert_eq!(&config.sink.type_name, "webhook");
+            prop_assert_eq!(
+                sink_keys::<WebhookConfig>(config),
+                WebhookConfig {
+                    url: url.clone(),
+                    secret_env: secret_env.clone(),
+                    headers: headers.clone(),
+                    timeout: human(timeout),
+                }
+            );
+        }
+    }
+    prop_assert_eq!(&config.sink.context.config_dir, dir);
 
     prop_assert_eq!(config.pollers.len(), model.pollers.len());
     let defaults = model.defaults.clone().unwrap_or_default();
@@ -786,8 +820,9 @@ fn check_config(model: &Model, config: &Config) -> Result<(), TestCaseError> {
             })
             .collect();
         prop_assert_eq!(&got.properties, &properties);
+        let built = plugins().backends.build(got).unwrap();
         prop_assert_eq!(
-            got.poller.describe(),
+            built.describe(),
             received(
                 &want.name,
                 &want.repo,
@@ -796,7 +831,6 @@ fn check_config(model: &Model, config: &Config) -> Result<(), TestCaseError> {
                 want.branches.as_deref().unwrap_or_default(),
             )
         );
-        prop_assert!(!got.fingerprint.is_empty());
     }
     Ok(())
 }

@@ -1,11 +1,10 @@
 //! Why a git poll failed.
 //!
 //! libgit2's messages are kept (without its class/code suffix) because they are what
-//! a user can act on; but libgit2 echoes URLs, so every message goes through
-//! [`redact`] before it leaves this crate.
+//! a user can act on; but libgit2 echoes URLs, so every message is scrubbed
+//! ([`PollError::scrubbed`]) before it leaves this crate.
 
-use polld_core::PollError;
-use polld_core::redact;
+use polld_backend::PollError;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum GitError {
@@ -54,7 +53,7 @@ impl GitError {
 
     /// The error as the core reports it, with `repo`'s credentials scrubbed.
     pub(crate) fn into_poll_error(self, repo: &str) -> PollError {
-        PollError::new(redact(&self.to_string(), repo))
+        PollError::scrubbed(&self, repo)
     }
 }
 
@@ -78,51 +77,5 @@ impl ErrorMessage for git2::Error {
 impl ErrorMessage for std::io::Error {
     fn message(&self) -> String {
         self.to_string()
-    }
-}
-
-/// [`polld_core::redact::scrub`], plus any `userinfo@` that survived in another
-/// spelling of the URL (libgit2 re-serialises URLs it parsed, e.g. with a default port).
-pub(crate) fn redact(text: &str, repo: &str) -> String {
-    let scrubbed = redact::scrub(text, repo);
-    let Some(userinfo) = userinfo(repo) else {
-        return scrubbed;
-    };
-    let out = scrubbed.replace(&format!("{userinfo}@"), "");
-    match userinfo.split_once(':') {
-        Some((_, password)) if !password.is_empty() => out.replace(password, "***"),
-        _ => out,
-    }
-}
-
-fn userinfo(repo: &str) -> Option<&str> {
-    let rest = &repo[repo.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    authority.rfind('@').map(|at| &authority[..at])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_every_spelling_of_the_credentials() {
-        let repo = "https://ada:s3cret@git.example/app.git";
-        assert_eq!(
-            redact(&format!("cannot reach {repo}"), repo),
-            "cannot reach https://git.example/app.git"
-        );
-        assert_eq!(
-            redact(
-                "cannot reach https://ada:s3cret@git.example:443/app.git",
-                repo
-            ),
-            "cannot reach https://git.example:443/app.git"
-        );
-        assert_eq!(
-            redact("password s3cret rejected", repo),
-            "password *** rejected"
-        );
-        assert_eq!(redact("plain /srv/x", "/srv/x"), "plain /srv/x");
     }
 }

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use git2::ConfigLevel;
-use polld_core::{Backend, Poller, PollerContext, Refusal, StringList};
+use polld_backend::{Backend, Poller, PollerContext, Refusal, StringList};
 use serde::Deserialize;
 
 use crate::location::{Location, Transport};
@@ -111,7 +111,7 @@ impl Backend for GitBackend {
     fn build(&self, context: PollerContext, config: GitConfig) -> Result<Arc<dyn Poller>, Refusal> {
         // A `GitBackend` built by `Default`/`new` has pinned them already; this is cheap.
         pin_libgit2_globals();
-        let scrub = |message: String| error::redact(&message, &context.repo);
+        let scrub = |message: String| polld_backend::redact::scrub(&message, &context.repo);
         let location = Location::parse(&context.repo, &context.config_dir)
             .map_err(|message| Refusal::at("repo", scrub(message)))?;
         let branches = config.branches.as_ref().map(|list| list.0.as_slice());

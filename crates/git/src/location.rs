@@ -114,7 +114,7 @@ fn refuse_option_like_host(repo: &str, user_at_host: &str) -> Result<(), String>
     if user.starts_with('-') || host.starts_with('-') {
         return Err(format!(
             "repo {:?}: an ssh host or login starting with '-' could be taken for an ssh option",
-            polld_core::redact::strip_userinfo(repo)
+            polld_backend::redact::strip_userinfo(repo)
         ));
     }
     Ok(())

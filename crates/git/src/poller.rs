@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use polld_core::{Cursor, PollError, PollOutcome, Poller};
+use polld_backend::{Cursor, PollError, PollOutcome, Poller};
 
 use crate::LogContext;
 use crate::cursor::{self, RefMap};
@@ -43,7 +43,7 @@ struct Inner {
 
 impl GitPoller {
     pub(crate) fn new(settings: Settings) -> GitPoller {
-        let shown_repo = polld_core::redact::strip_userinfo(&settings.repo);
+        let shown_repo = polld_backend::redact::strip_userinfo(&settings.repo);
         GitPoller {
             inner: Arc::new(Inner {
                 settings,
@@ -139,7 +139,7 @@ impl Inner {
         &self,
         moves: &Moves<'_>,
         credentials: &Credentials,
-    ) -> Result<Vec<polld_core::NewChange>, GitError> {
+    ) -> Result<Vec<polld_backend::NewChange>, GitError> {
         let settings = &self.settings;
         let moved = moves.report_order();
         if moved.is_empty() {

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 
 use git2::{Commit, Delta, Oid, Repository, Sort};
-use polld_core::NewChange;
+use polld_backend::NewChange;
 
 use crate::LogContext;
 use crate::cursor::RefMap;

@@ -1,12 +1,15 @@
 //! What a poll reports as the remote's history changes: local remotes, real git.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use common::*;
-use polld_core::PollOutcome;
+use polld_backend::PollOutcome;
 use serde_json::json;
 
 #[tokio::test]
@@ -16,7 +19,7 @@ async fn first_poll_records_heads_and_reports_nothing() {
     let cursor = first_poll(&poller).await;
     assert_eq!(
         cursor.as_ref().unwrap().0,
-        json!({"refs": {"refs/heads/main": fx.remote.rev("main")}})
+        json!({"refs": {"refs/heads/main": fx.remote.rev_parse("main")}})
     );
     assert!(
         fx.mirror_dir().join("HEAD").exists(),
@@ -31,13 +34,11 @@ async fn linear_commits_are_reported_oldest_first_with_every_field() {
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
-    let one = fx
-        .remote
-        .commit_file("src/a.rs", "a", "First\n\nBody line.\n\n");
-    let two = fx.remote.commit_file("src/b.rs", "b", "Second");
+    let one = fx.remote.commit("src/a.rs", "a", "First\n\nBody line.\n\n");
+    let two = fx.remote.commit("src/b.rs", "b", "Second");
     fx.remote.git(&["rm", "-q", "src/a.rs"]);
     fx.remote.git_dated(&["commit", "-q", "-m", "Delete a"]);
-    let three = fx.remote.rev("HEAD");
+    let three = fx.remote.rev_parse("HEAD");
 
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&one, &two, &three]);
@@ -105,12 +106,12 @@ async fn commits_shared_by_two_branches_are_reported_once() {
     let mut cursor = first_poll(&poller).await;
 
     // dev advances; then main fast-forwards to it and both go out in one poll.
-    fx.remote.checkout(&["dev"]);
-    let d1 = fx.remote.commit("d1");
-    let d2 = fx.remote.commit("d2");
-    fx.remote.checkout(&["main"]);
+    fx.remote.git(&["checkout", "-q", "dev"]);
+    let d1 = fx.remote.commit_message("d1");
+    let d2 = fx.remote.commit_message("d2");
+    fx.remote.git(&["checkout", "-q", "main"]);
     fx.remote.git(&["merge", "-q", "--ff-only", "dev"]);
-    let m1 = fx.remote.commit("m1");
+    let m1 = fx.remote.commit_message("m1");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&d1, &d2, &m1]);
     assert_eq!(branches(&changes), ["main", "main", "main"]);
@@ -121,9 +122,9 @@ async fn commits_shared_by_two_branches_are_reported_once() {
     assert!(changes.is_empty(), "{changes:?}");
 
     // A commit already reported on main is not reported again on dev.
-    fx.remote.checkout(&["dev"]);
-    let d3 = fx.remote.commit("d3");
-    fx.remote.checkout(&["main"]);
+    fx.remote.git(&["checkout", "-q", "dev"]);
+    let d3 = fx.remote.commit_message("d3");
+    fx.remote.git(&["checkout", "-q", "main"]);
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&d3]);
     assert_eq!(branches(&changes), ["dev"]);
@@ -135,14 +136,14 @@ async fn a_no_ff_merge_is_one_change_diffed_against_its_first_parent() {
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
-    fx.remote.checkout(&["-b", "feature"]);
-    fx.remote.commit_file("feature/one.txt", "1", "feature one");
-    fx.remote.commit_file("feature/two.txt", "2", "feature two");
-    fx.remote.checkout(&["main"]);
-    let on_main = fx.remote.commit_file("main.txt", "m", "on main");
+    fx.remote.git(&["checkout", "-q", "-b", "feature"]);
+    fx.remote.commit("feature/one.txt", "1", "feature one");
+    fx.remote.commit("feature/two.txt", "2", "feature two");
+    fx.remote.git(&["checkout", "-q", "main"]);
+    let on_main = fx.remote.commit("main.txt", "m", "on main");
     fx.remote
         .git_dated(&["merge", "-q", "--no-ff", "-m", "Merge feature", "feature"]);
-    let merge = fx.remote.rev("HEAD");
+    let merge = fx.remote.rev_parse("HEAD");
 
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&on_main, &merge]);
@@ -153,13 +154,13 @@ async fn a_no_ff_merge_is_one_change_diffed_against_its_first_parent() {
 #[tokio::test]
 async fn a_new_branch_reports_only_its_own_commits() {
     let fx = Fixture::new();
-    let base = fx.remote.commit("base");
+    let base = fx.remote.commit_message("base");
     let poller = fx.poller(json!({"branches": ["*"]}));
     let mut cursor = first_poll(&poller).await;
 
-    fx.remote.checkout(&["-b", "topic/new", &base]);
-    let t1 = fx.remote.commit("t1");
-    let t2 = fx.remote.commit("t2");
+    fx.remote.git(&["checkout", "-q", "-b", "topic/new", &base]);
+    let t1 = fx.remote.commit_message("t1");
+    let t2 = fx.remote.commit_message("t2");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&t1, &t2]);
     assert_eq!(branches(&changes), ["topic/new", "topic/new"]);
@@ -169,15 +170,17 @@ async fn a_new_branch_reports_only_its_own_commits() {
 #[tokio::test]
 async fn a_deleted_branch_is_dropped_without_a_change() {
     let fx = Fixture::new();
-    fx.remote.checkout(&["-b", "gone"]);
-    fx.remote.commit("doomed");
-    fx.remote.checkout(&["main"]);
+    fx.remote.git(&["checkout", "-q", "-b", "gone"]);
+    fx.remote.commit_message("doomed");
+    fx.remote.git(&["checkout", "-q", "main"]);
     let poller = fx.poller(json!({"branches": ["*"]}));
     let mut cursor = first_poll(&poller).await;
     let mirror_refs = || {
-        let mut cmd = git_command(&fx.mirror_dir());
-        cmd.args(["for-each-ref", "--format=%(refname)"]);
-        run(cmd)
+        let out = git_command(&fx.mirror_dir())
+            .args(["for-each-ref", "--format=%(refname)"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
     };
     assert_eq!(mirror_refs(), "refs/heads/gone\nrefs/heads/main");
 
@@ -186,7 +189,7 @@ async fn a_deleted_branch_is_dropped_without_a_change() {
     assert!(changes.is_empty());
     assert_eq!(
         cursor.as_ref().unwrap().0,
-        json!({"refs": {"refs/heads/main": fx.remote.rev("main")}})
+        json!({"refs": {"refs/heads/main": fx.remote.rev_parse("main")}})
     );
     assert_eq!(
         mirror_refs(),
@@ -195,7 +198,7 @@ async fn a_deleted_branch_is_dropped_without_a_change() {
     );
 
     // Later commits are reported as usual.
-    let after = fx.remote.commit("after");
+    let after = fx.remote.commit_message("after");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&after]);
 }
@@ -203,15 +206,15 @@ async fn a_deleted_branch_is_dropped_without_a_change() {
 #[tokio::test]
 async fn a_force_push_reports_only_the_rewritten_commits() {
     let fx = Fixture::new();
-    let base = fx.remote.commit("base");
-    fx.remote.commit("old one");
-    fx.remote.commit("old two");
+    let base = fx.remote.commit_message("base");
+    fx.remote.commit_message("old one");
+    fx.remote.commit_message("old two");
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
     fx.remote.git(&["reset", "-q", "--hard", &base]);
-    let new1 = fx.remote.commit("new one");
-    let new2 = fx.remote.commit("new two");
+    let new1 = fx.remote.commit_message("new one");
+    let new2 = fx.remote.commit_message("new two");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&new1, &new2]);
 }
@@ -219,15 +222,15 @@ async fn a_force_push_reports_only_the_rewritten_commits() {
 #[tokio::test]
 async fn a_force_push_after_the_mirror_was_lost_reports_only_the_new_tip() {
     let fx = Fixture::new();
-    let base = fx.remote.commit("base");
-    fx.remote.commit("old one");
+    let base = fx.remote.commit_message("base");
+    fx.remote.commit_message("old one");
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
     std::fs::remove_dir_all(fx.mirror_dir()).unwrap();
     fx.remote.git(&["reset", "-q", "--hard", &base]);
-    fx.remote.commit("new one");
-    let new2 = fx.remote.commit("new two");
+    fx.remote.commit_message("new one");
+    let new2 = fx.remote.commit_message("new two");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&new2]);
 }
@@ -235,15 +238,16 @@ async fn a_force_push_after_the_mirror_was_lost_reports_only_the_new_tip() {
 #[tokio::test]
 async fn a_new_branch_after_everything_known_was_lost_reports_only_its_tip() {
     let fx = Fixture::new();
-    fx.remote.commit("old");
+    fx.remote.commit_message("old");
     let poller = fx.poller(json!({"branches": ["*"]}));
     let mut cursor = first_poll(&poller).await;
 
     // main is replaced by an unrelated branch and the mirror is lost.
     std::fs::remove_dir_all(fx.mirror_dir()).unwrap();
-    fx.remote.checkout(&["-q", "--orphan", "fresh"]);
-    fx.remote.commit("fresh one");
-    let tip = fx.remote.commit("fresh two");
+    fx.remote
+        .git(&["checkout", "-q", "-q", "--orphan", "fresh"]);
+    fx.remote.commit_message("fresh one");
+    let tip = fx.remote.commit_message("fresh two");
     fx.remote.git(&["branch", "-q", "-D", "main"]);
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&tip]);
@@ -256,8 +260,8 @@ async fn a_lost_mirror_is_refetched_for_a_fast_forward() {
     let mut cursor = first_poll(&poller).await;
 
     std::fs::remove_dir_all(fx.mirror_dir()).unwrap();
-    let one = fx.remote.commit("one");
-    let two = fx.remote.commit("two");
+    let one = fx.remote.commit_message("one");
+    let two = fx.remote.commit_message("two");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&one, &two]);
 }
@@ -271,7 +275,7 @@ async fn a_corrupt_mirror_is_rebuilt() {
     std::fs::remove_dir_all(fx.mirror_dir()).unwrap();
     std::fs::create_dir_all(fx.mirror_dir()).unwrap();
     std::fs::write(fx.mirror_dir().join("HEAD"), "garbage").unwrap();
-    let one = fx.remote.commit("one");
+    let one = fx.remote.commit_message("one");
     let changes = advance(&poller, &mut cursor).await;
     assert_eq!(revisions(&changes), [&one]);
 }
@@ -279,7 +283,7 @@ async fn a_corrupt_mirror_is_rebuilt() {
 #[tokio::test]
 async fn tags_are_peeled_to_commits_and_selected_by_glob() {
     let fx = Fixture::new();
-    let main_tip = fx.remote.rev("main");
+    let main_tip = fx.remote.rev_parse("main");
     let poller = fx.poller(json!({"tags": true}));
     assert_eq!(poller.describe(), "branch: remote HEAD; tags: all");
     let v_poller = fx.poller(json!({"tags": ["v*"]}));
@@ -287,16 +291,16 @@ async fn tags_are_peeled_to_commits_and_selected_by_glob() {
     let mut v_cursor = first_poll(&v_poller).await;
 
     // Tags on commits no watched branch has: an annotated and a lightweight one.
-    fx.remote.checkout(&["-b", "side"]);
-    let s1 = fx.remote.commit("s1");
+    fx.remote.git(&["checkout", "-q", "-b", "side"]);
+    let s1 = fx.remote.commit_message("s1");
     fx.remote
         .git_dated(&["tag", "-a", "-m", "release 1", "v1", &s1]);
-    let s2 = fx.remote.commit("s2");
+    let s2 = fx.remote.commit_message("s2");
     fx.remote.git(&["tag", "light", &s2]);
     // And a tag on a tree, which is no commit at all.
     fx.remote
         .git(&["tag", "tree", &format!("{main_tip}^{{tree}}")]);
-    fx.remote.checkout(&["main"]);
+    fx.remote.git(&["checkout", "-q", "main"]);
 
     // Tags are walked by name: `light` brings both side commits, `v1` nothing new.
     let changes = advance(&poller, &mut cursor).await;
@@ -304,7 +308,11 @@ async fn tags_are_peeled_to_commits_and_selected_by_glob() {
     assert_eq!(branches(&changes), ["refs/tags/light", "refs/tags/light"]);
     let refs = cursor_refs(&cursor);
     assert_eq!(refs["refs/tags/v1"], json!(s1), "annotated tags are peeled");
-    assert_ne!(fx.remote.rev("v1"), s1, "v1 is an annotated tag object");
+    assert_ne!(
+        fx.remote.git(&["rev-parse", "v1"]),
+        s1,
+        "v1 is an annotated tag object"
+    );
     assert!(
         refs.contains_key("refs/tags/tree"),
         "remembered, though skipped"
@@ -355,9 +363,9 @@ async fn the_default_follows_the_remote_head() {
     let mut cursor = first_poll(&poller).await;
 
     // Commits on other branches are ignored.
-    fx.remote.checkout(&["other"]);
-    let o1 = fx.remote.commit("o1");
-    fx.remote.checkout(&["main"]);
+    fx.remote.git(&["checkout", "-q", "other"]);
+    let o1 = fx.remote.commit_message("o1");
+    fx.remote.git(&["checkout", "-q", "main"]);
     assert_eq!(
         poller.poll(cursor.as_ref()).await.unwrap(),
         PollOutcome::Unchanged
@@ -378,8 +386,8 @@ async fn the_default_follows_the_remote_head() {
 #[tokio::test]
 async fn pushes_without_commits_can_be_reported() {
     let fx = Fixture::new();
-    let first = fx.remote.rev("main");
-    let second = fx.remote.commit("second");
+    let first = fx.remote.rev_parse("main");
+    let second = fx.remote.commit_message("second");
     let quiet = fx.poller(json!({"branches": ["*"]}));
     let loud = fx.poller(json!({"branches": ["*"], "build_pushes_with_no_commits": true}));
     let mut quiet_cursor = first_poll(&quiet).await;
@@ -412,7 +420,7 @@ async fn odd_names_and_messages_are_converted_lossily() {
     // `git commit` would re-encode a non-UTF-8 name and message as Latin-1: write the
     // commit object by hand to get raw bytes, as other tools can.
     let tree = fx.remote.git(&["write-tree"]);
-    let parent = fx.remote.rev("HEAD");
+    let parent = fx.remote.rev_parse("HEAD");
     let when = tick();
     let mut raw = format!("tree {tree}\nparent {parent}\n").into_bytes();
     raw.extend_from_slice(b"author Ren\xe9 <author@example.com> ");
@@ -461,7 +469,7 @@ async fn thousands_of_commits_between_polls_are_all_reported_in_order() {
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
-    let start = fx.remote.rev("main");
+    let start = fx.remote.rev_parse("main");
     let mut stream = String::new();
     for i in 1..=2000 {
         let when = tick();

@@ -3,6 +3,9 @@
 //! Alone in its test binary because it points `HOME` at a tempdir for the whole
 //! process before libgit2 first reads it.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -36,7 +39,7 @@ async fn user_git_config_is_ignored_and_passwords_come_from_the_environment() {
 
     let poller = build(fx.context(&remote_url), json!({})).unwrap();
     let mut cursor = first_poll(&poller).await;
-    let one = fx.remote.commit("one");
+    let one = fx.remote.commit_message("one");
     assert_eq!(revisions(&advance(&poller, &mut cursor).await), [&one]);
 
     // The password is read at poll time and offered once; a server that keeps saying

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use polld_core::Cursor;
+use polld_backend::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::HgError;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
 use url::Url;
 
-use crate::error::{self, HgError};
+use crate::error::HgError;
 
 /// Named branch → all its heads (sorted), bookmark → its changeset: full hex hashes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,7 +121,12 @@ impl WireClient {
             .connect_timeout(timeout.min(Duration::from_secs(30)))
             .timeout(timeout)
             .build()
-            .map_err(|e| format!("cannot set up an HTTP client: {}", error::chain(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "cannot set up an HTTP client: {}",
+                    polld_backend::one_line(&e)
+                )
+            })?;
         Ok(WireClient { client })
     }
 
@@ -158,7 +163,7 @@ impl WireClient {
         let shown = url.to_string();
         let http_error = |e: reqwest::Error| HgError::Http {
             url: shown.clone(),
-            message: error::chain(&e.without_url()),
+            message: polld_backend::one_line(&e.without_url()),
         };
         let mut request = self
             .client

@@ -9,18 +9,18 @@
 //! - `HGPLAIN=1` and `HGENCODING=utf-8`, for output that does not depend on the locale;
 //! - its arguments as a vector (no shell), user strings only after `--` or as the
 //!   value of an option;
-//! - a timeout: the process group is killed when it passes, and when the poll is
-//!   dropped (so an `ssh` child dies with its `hg`).
+//! - polld's one child-process runner (`polld_backend::process`): a scrubbed
+//!   environment, a deadline, its process group killed when the deadline passes and
+//!   when the poll is dropped (so an `ssh` child dies with its `hg`), bounded output.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use polld_backend::process::{Command, ProcessError, stderr_excerpt};
 use tokio::io::AsyncWriteExt as _;
-use tokio::process::Command;
 
-use crate::error::{self, HgError};
+use crate::error::HgError;
 
 /// One hg invocation.
 pub(crate) struct Invocation<'a> {
@@ -59,46 +59,33 @@ impl Hg {
             None => None,
         };
         let rc_path: &Path = secret_file.as_ref().map_or(&self.rc, |f| f.path());
-
-        let mut cmd = Command::new("hg");
-        for (key, _) in std::env::vars_os() {
-            let key_text = key.to_string_lossy();
-            if key_text.starts_with("HG") || key_text.starts_with("CHG") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("HGRCPATH", rc_path)
+        // The runner passes none of the daemon's environment but the basics, so no
+        // `HG*` variable of the user's reaches hg either.
+        let output = Command::new("hg")
+            .env("HGRCPATH", rc_path)
             .env("HGRCSKIPREPO", "1")
             .env("HGPLAIN", "1")
             .env("HGENCODING", "utf-8")
             .env("HGENCODINGMODE", "replace")
             .current_dir(&self.workdir)
             .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .map_err(|source| HgError::Spawn { command, source })?;
-        let group = GroupGuard(child.id());
-        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(result) => result.map_err(|source| HgError::Spawn { command, source })?,
-            Err(_) => {
-                return Err(HgError::Timeout {
+            .timeout(timeout)
+            .output()
+            .await
+            .map_err(|error| match error {
+                ProcessError::Spawn { source, .. } => HgError::Spawn { command, source },
+                ProcessError::Timeout { .. } => HgError::Timeout {
                     command,
                     after: timeout,
-                });
-            }
-        };
-        group.disarm();
+                },
+                source => HgError::Run { command, source },
+            })?;
         drop(secret_file);
         if !output.status.success() {
             return Err(HgError::Failed {
                 command,
                 status: output.status.to_string(),
-                stderr: error::stderr_text(&output.stderr),
+                stderr: stderr_excerpt(&output.stderr),
             });
         }
         Ok(output.stdout)
@@ -119,30 +106,5 @@ impl Hg {
             .map_err(io)?;
         writer.flush().await.map_err(io)?;
         Ok(file)
-    }
-}
-
-/// Kills the child's whole process group unless disarmed: on a timeout and when the
-/// poll future is dropped mid-command. `kill_on_drop` alone would leave an `ssh`
-/// grandchild behind.
-struct GroupGuard(Option<u32>);
-
-impl GroupGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok())
-            && pid > 0
-        {
-            // SAFETY: kill(2) on the process group our own child leads (it was
-            // started with process_group(0) and has not been reaped yet).
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
     }
 }

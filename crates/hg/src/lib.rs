@@ -43,7 +43,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polld_core::{Backend, Poller, PollerContext, Refusal, StringList};
+use polld_backend::{Backend, Poller, PollerContext, Refusal, StringList};
 use serde::Deserialize;
 
 use crate::heads::WireClient;
@@ -121,7 +121,7 @@ impl Backend for HgBackend {
     type Config = HgConfig;
 
     fn build(&self, context: PollerContext, config: HgConfig) -> Result<Arc<dyn Poller>, Refusal> {
-        let scrub = |message: String| error::scrub(&message, &context.repo);
+        let scrub = |message: String| polld_backend::redact::scrub(&message, &context.repo);
         let location = Location::parse(&context.repo, &context.config_dir)
             .map_err(|message| Refusal::at("repo", scrub(message)))?;
         let default_branches = StringList(vec!["default".to_owned()]);

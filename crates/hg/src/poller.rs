@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use polld_core::{Cursor, NewChange, PollError, PollOutcome, Poller};
+use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
 
 use crate::LogContext;
 use crate::cursor::{self, State};
@@ -65,7 +65,7 @@ impl Credentials {
 impl HgPoller {
     pub(crate) fn new(settings: Settings, mirror: Mirror, wire: Option<WireClient>) -> HgPoller {
         HgPoller {
-            shown_repo: polld_core::redact::strip_userinfo(&settings.repo),
+            shown_repo: polld_backend::redact::strip_userinfo(&settings.repo),
             settings,
             mirror,
             wire,

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use polld_core::NewChange;
+use polld_backend::NewChange;
 
 use crate::LogContext;
 use crate::cursor::State;

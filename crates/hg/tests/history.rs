@@ -1,9 +1,12 @@
 //! What a poll reports as a local remote's history changes: real hg repositories.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
-use polld_core::PollOutcome;
+use polld_backend::PollOutcome;
 use serde_json::json;
 
 #[tokio::test]
@@ -45,7 +48,7 @@ async fn linear_changesets_are_reported_oldest_first_with_every_field() {
     assert_eq!(revisions(&changes), [&one, &two]);
     let first = &changes[0];
     assert_eq!(first.branch.as_deref(), Some("default"));
-    assert_eq!(first.author, USER);
+    assert_eq!(first.author, HG_USER);
     assert_eq!(first.committer, None);
     assert_eq!(first.comments, "First\n\nBody line.");
     assert_eq!(first.files, ["src/ä b.rs"]);

@@ -17,6 +17,9 @@
 //! This binary changes PATH (once, before the first poll), so it holds only these
 //! tests; a mutex serialises them, because they share the fake's files.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use polld_core::{
+use polld_backend::{
     Backend, Cursor, NewChange, PollError, PollOutcome, Poller, PollerContext, StringList,
 };
 use polld_hg::{HgBackend, HgConfig, Timeouts};

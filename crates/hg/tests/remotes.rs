@@ -1,11 +1,14 @@
 //! The transports: `hg serve` over http with the cheap check, file://, and failures.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use polld_core::PollOutcome;
+use polld_backend::PollOutcome;
 use serde_json::json;
 
 fn mtimes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
@@ -33,8 +36,8 @@ fn mtimes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTi
 async fn http_checks_heads_without_pulling_and_pulls_only_on_change() {
     let fx = Fixture::new();
     fx.remote.hg(&["bookmark", "@"]);
-    let serve = Serve::start(&fx.remote.path, &fx.tmp.path().join("access.log"));
-    let poller = build(fx.context(&serve.url()), json!({"bookmarks": ["@"]})).unwrap();
+    let serve = HgServe::start(&fx.remote.path, &fx.tmp.path().join("access.log"));
+    let poller = build(fx.context(&serve.url(None)), json!({"bookmarks": ["@"]})).unwrap();
     let mut cursor = first_poll(&poller).await;
     let pulled = serve.requests();
     assert!(
@@ -129,8 +132,8 @@ async fn a_dead_remote_fails_the_poll_with_a_scrubbed_message() {
     );
 
     // A path the server has no repository at.
-    let serve = Serve::start(&fx.remote.path, &fx.tmp.path().join("a.log"));
-    let wrong_path = build(fx.context(&format!("{}nosuch", serve.url())), json!({})).unwrap();
+    let serve = HgServe::start(&fx.remote.path, &fx.tmp.path().join("a.log"));
+    let wrong_path = build(fx.context(&format!("{}nosuch", serve.url(None))), json!({})).unwrap();
     let error = wrong_path.poll(None).await.unwrap_err().to_string();
     assert!(error.contains("404"), "{error}");
 }

@@ -3,6 +3,9 @@
 //! hg is given and the whole ssh path (check, pull, walk). Its own test binary, because
 //! it changes PATH for the process.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

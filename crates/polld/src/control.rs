@@ -160,7 +160,7 @@ async fn notify(
     };
     let pollers = shared.control.notify(repo);
     if pollers.is_empty() {
-        let shown = polld_core::redact::strip_userinfo(repo);
+        let shown = polld_backend::redact::strip_userinfo(repo);
         return (
             StatusCode::NOT_FOUND,
             format!("no poller watches {shown:?}\n"),

@@ -2,13 +2,20 @@
 
 use std::process::ExitCode;
 
+use polld_core::Plugins;
 use polld_core::config::Config;
-use polld_core::store::{Store, StoredStatus};
+use polld_core::store::{Access, StoredStatus};
 use serde_json::{Value, json};
 
 /// One line per poller: what it watches and when.
-pub fn print_check(config: &Config) {
+pub fn print_check(config: &Config, plugins: &Plugins) {
     for poller in &config.pollers {
+        // The config was checked as it loaded, so this builds; `describe` says what the
+        // backend understood of its keys.
+        let watches = match plugins.backends.build(poller) {
+            Ok(built) => built.describe(),
+            Err(error) => error,
+        };
         let timing = &poller.timing;
         let mut when = format!("every {}", humantime::format_duration(timing.interval));
         if !timing.jitter.is_zero() {
@@ -27,7 +34,7 @@ pub fn print_check(config: &Config) {
             poller.vcs,
             poller.display_repo(),
             when,
-            poller.poller.describe()
+            watches
         );
     }
     eprintln!(
@@ -37,10 +44,20 @@ pub fn print_check(config: &Config) {
     );
 }
 
-pub fn print_status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
-    let names: Vec<&str> = config.pollers.iter().map(|p| p.name.as_str()).collect();
-    let statuses = if config.daemon.state_dir.join("state.db").exists() {
-        Store::open(&config.daemon.state_dir)?.status(&names)?
+pub async fn print_status(
+    config: &Config,
+    plugins: &Plugins,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> = config.pollers.iter().map(|p| p.name.clone()).collect();
+    // A state directory that does not exist yet means nothing was polled: `status`
+    // reads, it does not create.
+    let statuses = if config.daemon.state_dir.exists() {
+        let store = plugins
+            .stores
+            .open(&config.daemon.state_dir, Access::Shared)
+            .await?;
+        store.status(&names).await?
     } else {
         vec![StoredStatus::default(); names.len()]
     };

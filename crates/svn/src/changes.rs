@@ -7,7 +7,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use polld_core::NewChange;
+use polld_backend::NewChange;
 
 use crate::error::SvnError;
 use crate::log::LogEntry;

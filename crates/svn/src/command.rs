@@ -23,17 +23,17 @@
 //!   it. (svn's XML is UTF-8 whatever the locale, and the URL is made pure ASCII
 //!   beforehand, see `location.rs`, so even a system without `C.UTF-8`, where svn
 //!   warns and falls back to C, only fails for such local paths.)
-//! - bounded in time: a run that has not finished after the timeout (120 s by default)
-//!   is killed and fails the poll, so a server that accepts and never answers cannot
-//!   stall a poller forever. Server certificate failures are never waved through
-//!   (`--trust-server-cert-failures` is not used).
+//! - through polld's one child-process runner (`polld_backend::process`): a scrubbed
+//!   environment (no daemon secret reaches svn or its `ssh`), its own process group
+//!   killed whole (an `svn+ssh` tunnel included) at the deadline (120 s by default) or
+//!   when the poll is dropped, and bounded output. So a server that accepts and never
+//!   answers cannot stall a poller forever. Server certificate failures are never
+//!   waved through (`--trust-server-cert-failures` is not used).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
+use polld_backend::process::Command;
 
 use crate::LogContext;
 use crate::error::SvnError;
@@ -75,8 +75,8 @@ impl Svn {
         log: &LogContext<'_>,
     ) -> Result<Vec<u8>, SvnError> {
         self.ensure_config_dir().await?;
-        let mut cmd = Command::new("svn");
-        cmd.arg(command)
+        let mut cmd = Command::new("svn")
+            .arg(command)
             .args([
                 "--xml",
                 "--non-interactive",
@@ -85,48 +85,26 @@ impl Svn {
             ])
             .arg(&self.config_dir);
         if let Some(username) = &login.username {
-            cmd.arg(format!("--username={username}"));
+            cmd = cmd.arg(format!("--username={username}"));
         }
-        if login.password.is_some() {
-            cmd.arg("--password-from-stdin");
+        if let Some(password) = &login.password {
+            // svn reads one line from stdin.
+            cmd = cmd
+                .arg("--password-from-stdin")
+                .stdin(format!("{password}\n"));
         }
-        cmd.args(options)
+        let cmd = cmd
+            .args(options)
             .arg("--")
             .arg(target)
             .env("LC_ALL", "C.UTF-8")
-            .stdin(if login.password.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .timeout(self.timeout);
 
         let started = Instant::now();
-        let run = async {
-            let mut child = cmd
-                .spawn()
-                .map_err(|source| SvnError::Spawn { command, source })?;
-            if let (Some(password), Some(mut stdin)) = (&login.password, child.stdin.take()) {
-                // svn reads one line. A write error means svn exited early; its exit
-                // status and stderr below say why.
-                let _ = stdin.write_all(password.as_bytes()).await;
-                let _ = stdin.write_all(b"\n").await;
-                drop(stdin);
-            }
-            child
-                .wait_with_output()
-                .await
-                .map_err(|source| SvnError::Spawn { command, source })
-        };
-        // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
-        let output = tokio::time::timeout(self.timeout, run)
+        let output = cmd
+            .output()
             .await
-            .map_err(|_| SvnError::Timeout {
-                command,
-                timeout: self.timeout,
-            })??;
+            .map_err(|error| SvnError::run(command, self.timeout, error))?;
         tracing::debug!(
             poller = log.poller,
             repo = log.repo,

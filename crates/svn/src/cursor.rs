@@ -2,7 +2,7 @@
 //! poll. Stored as `{"revision": 1234}`, the number `svn info` shows as
 //! "Last Changed Rev", so `polld status` can be compared with svn's own output.
 
-use polld_core::Cursor;
+use polld_backend::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SvnError;

@@ -7,12 +7,8 @@
 
 use std::time::Duration;
 
-use polld_core::PollError;
-use polld_core::redact;
-
-/// At most this much of svn's stderr goes into an error: enough for svn's error chain,
-/// not enough for a misbehaving server to flood the log and the status output.
-const MAX_STDERR: usize = 2000;
+use polld_backend::process::{ProcessError, stderr_excerpt};
+use polld_backend::{PollError, one_line, redact};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SvnError {
@@ -27,6 +23,11 @@ pub(crate) enum SvnError {
     Spawn {
         command: &'static str,
         source: std::io::Error,
+    },
+    #[error("`svn {command}`: {source}")]
+    Run {
+        command: &'static str,
+        source: ProcessError,
     },
     #[error("`svn {command}` failed ({status}): {stderr}")]
     Failed {
@@ -60,6 +61,15 @@ pub(crate) enum SvnError {
 }
 
 impl SvnError {
+    /// Why an `svn` run did not finish.
+    pub(crate) fn run(command: &'static str, timeout: Duration, error: ProcessError) -> SvnError {
+        match error {
+            ProcessError::Spawn { source, .. } => SvnError::Spawn { command, source },
+            ProcessError::Timeout { .. } => SvnError::Timeout { command, timeout },
+            source => SvnError::Run { command, source },
+        }
+    }
+
     /// A failed svn run, with the useful part of its stderr.
     pub(crate) fn failed(
         command: &'static str,
@@ -73,7 +83,7 @@ impl SvnError {
         SvnError::Failed {
             command,
             status,
-            stderr: bounded_stderr(stderr),
+            stderr: stderr_excerpt(stderr),
         }
     }
 
@@ -86,75 +96,10 @@ impl SvnError {
 
     /// The error as the core reports it: `repo`'s userinfo and the password scrubbed.
     pub(crate) fn into_poll_error(self, repo: &str, password: Option<&str>) -> PollError {
-        PollError::new(scrub(&self.to_string(), repo, password))
-    }
-}
-
-/// [`redact::scrub`], and the password itself wherever it still appears.
-pub(crate) fn scrub(text: &str, repo: &str, password: Option<&str>) -> String {
-    let scrubbed = redact::scrub(text, repo);
-    match password {
-        Some(password) if !password.is_empty() => scrubbed.replace(password, "***"),
-        _ => scrubbed,
-    }
-}
-
-/// svn's stderr on one line: lines trimmed and joined with `; `, cut at
-/// [`MAX_STDERR`] bytes (on a character boundary).
-fn bounded_stderr(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let mut joined = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    if joined.is_empty() {
-        return "no message on stderr".to_owned();
-    }
-    if joined.len() > MAX_STDERR {
-        let mut cut = MAX_STDERR;
-        while !joined.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        joined.truncate(cut);
-        joined.push_str(" [...]");
-    }
-    joined
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stderr_is_one_bounded_line() {
-        assert_eq!(
-            bounded_stderr(
-                b"svn: E170013: Unable to connect\nsvn: E170001: Password incorrect\n\n"
-            ),
-            "svn: E170013: Unable to connect; svn: E170001: Password incorrect"
-        );
-        assert_eq!(bounded_stderr(b"  \n"), "no message on stderr");
-        let long = "é".repeat(3000);
-        let cut = bounded_stderr(long.as_bytes());
-        assert!(
-            cut.len() <= MAX_STDERR + 6 && cut.ends_with(" [...]"),
-            "{cut}"
-        );
-    }
-
-    #[test]
-    fn scrubs_userinfo_and_password() {
-        let repo = "svn://ada:s3cret@svn.example/repo";
-        assert_eq!(
-            scrub("cannot reach svn://ada:s3cret@svn.example/repo", repo, None),
-            "cannot reach svn://svn.example/repo"
-        );
-        assert_eq!(
-            scrub("password hunter2 rejected", "/srv/r", Some("hunter2")),
-            "password *** rejected"
-        );
-        assert_eq!(scrub("fine", "/srv/r", Some("")), "fine");
+        let message = redact::scrub(&one_line(&self), repo);
+        PollError::new(match password {
+            Some(password) => redact::hide(&message, password),
+            None => message,
+        })
     }
 }

@@ -35,7 +35,7 @@ mod xml;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polld_core::{Backend, Poller, PollerContext, Refusal};
+use polld_backend::{Backend, Poller, PollerContext, Refusal};
 use serde::Deserialize;
 
 use crate::command::Svn;
@@ -99,7 +99,7 @@ impl Backend for SvnBackend {
     type Config = SvnConfig;
 
     fn build(&self, context: PollerContext, config: SvnConfig) -> Result<Arc<dyn Poller>, Refusal> {
-        let scrub = |message: String| polld_core::redact::scrub(&message, &context.repo);
+        let scrub = |message: String| polld_backend::redact::scrub(&message, &context.repo);
         let location = Location::parse(&context.repo, &context.config_dir)
             .map_err(|message| Refusal::at("repo", scrub(message)))?;
         let splitter =

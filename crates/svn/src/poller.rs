@@ -1,7 +1,7 @@
 //! One svn poller: `svn info`, compare with the cursor, and only then `svn log`.
 
 use async_trait::async_trait;
-use polld_core::{Cursor, NewChange, PollError, PollOutcome, Poller};
+use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
 
 use crate::LogContext;
 use crate::changes::{self, Context};
@@ -39,7 +39,7 @@ pub(crate) struct SvnPoller {
 
 impl SvnPoller {
     pub(crate) fn new(settings: Settings) -> SvnPoller {
-        let shown_repo = polld_core::redact::strip_userinfo(&settings.repo);
+        let shown_repo = polld_backend::redact::strip_userinfo(&settings.repo);
         SvnPoller {
             settings,
             shown_repo,

@@ -1,13 +1,16 @@
 //! The backend driven directly (no binary): outcomes and cursors against real
 //! repositories, credentials carried in the URL, and a server that never answers.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use polld_core::{Backend, Cursor, PollOutcome, Poller, PollerContext};
+use polld_backend::{Backend, Cursor, PollOutcome, Poller, PollerContext};
 use polld_svn::{SvnBackend, SvnConfig};
 use serde_json::json;
 use tempfile::TempDir;
@@ -76,7 +79,7 @@ fn poller(repo: &str, config: SvnConfig, backend: SvnBackend, state: &Path) -> A
         .unwrap_or_else(|e| panic!("build: {e}"))
 }
 
-fn advanced(outcome: PollOutcome) -> (Cursor, Vec<polld_core::NewChange>) {
+fn advanced(outcome: PollOutcome) -> (Cursor, Vec<polld_backend::NewChange>) {
     match outcome {
         PollOutcome::Advanced { cursor, changes } => (cursor, changes),
         PollOutcome::Unchanged => panic!("expected the poll to advance"),

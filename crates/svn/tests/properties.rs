@@ -17,13 +17,16 @@
 //! This binary changes PATH (once, before the first poll), so it holds only these
 //! tests; a mutex serialises them, because they share the fake's files.
 
+// Tests may unwrap: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use polld_core::{Backend, Cursor, NewChange, PollError, PollOutcome, Poller, PollerContext};
+use polld_backend::{Backend, Cursor, NewChange, PollError, PollOutcome, Poller, PollerContext};
 use polld_svn::{SvnBackend, SvnConfig};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -3,6 +3,9 @@
 //!
 //! Everything lives in temp dirs; every wait has a deadline.
 
+// A harness is test code: a failed setup step is a failed test, said by a panic.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -19,6 +22,8 @@ use tempfile::TempDir;
 
 pub mod buildbot;
 pub mod hg;
+pub mod poll;
+pub mod ssh;
 pub mod svn;
 
 /// Every file below `dir` whose bytes contain `needle`: for proving a secret was stored nowhere.
@@ -47,73 +52,47 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 // The binary
 // ---------------------------------------------------------------------------------------
 
-/// Builds `polld` once per test process and returns the path of the binary.
+/// The `polld` binary cargo built for the end-to-end tests.
+///
+/// The tests are targets of the `polld` package, so cargo builds the binary before it
+/// runs them, into the same profile directory as the test executables:
+/// `<target>/<profile>/deps/<test>` runs, `<target>/<profile>/polld` is the binary.
 pub fn polld_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let target = target_dir();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let manifest = workspace_root().join("Cargo.toml");
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "polld",
-                "--bin",
-                "polld",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", &target)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build -p polld");
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from <target>/<profile>/deps");
+        let bin = profile_dir.join("polld");
         assert!(
-            out.status.success(),
-            "cargo build -p polld failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            bin.exists(),
+            "no polld binary at {} (run the end-to-end tests with `cargo test -p polld`)",
+            bin.display()
         );
-        let bin = target.join("debug").join("polld");
-        assert!(bin.exists(), "no binary at {}", bin.display());
         bin
     })
     .clone()
 }
 
-fn workspace_root() -> PathBuf {
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
+        .ancestors()
+        .nth(2)
+        .expect("crates/test-support is two levels below the workspace root")
         .to_path_buf()
-}
-
-/// `$CARGO_TARGET_DIR`, else the target dir this test binary was built into
-/// (`<target>/debug/deps/<test>`), else `<workspace>/target`.
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let dir = PathBuf::from(dir);
-        return if dir.is_absolute() {
-            dir
-        } else {
-            workspace_root().join(dir)
-        };
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        // <target>/debug/deps/<test-binary>
-        if let Some(target) = exe.parent().and_then(Path::parent).and_then(Path::parent)
-            && exe.parent().and_then(Path::file_name) == Some(OsStr::new("deps"))
-        {
-            return target.to_path_buf();
-        }
-    }
-    workspace_root().join("target")
 }
 
 // ---------------------------------------------------------------------------------------
 // Small utilities
 // ---------------------------------------------------------------------------------------
+
+/// A port on 127.0.0.1 that nothing listens on (bound and released).
+pub fn closed_port() -> u16 {
+    free_port()
+}
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; panics naming `what`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
@@ -202,11 +181,15 @@ pub const COMMITTER_EMAIL: &str = "charles@example.org";
 /// Author dates are this far behind committer dates, so that a record using the author
 /// time instead of the committer time is caught.
 pub const AUTHOR_LAG: i64 = 86_400;
+/// The author and committer as a change record shows them.
+pub const AUTHOR: &str = "Ada Lovelace <ada@example.org>";
+pub const COMMITTER: &str = "Charles Babbage <charles@example.org>";
 
 /// Committer time of the next commit: every commit in the process gets its own second.
 static CLOCK: AtomicI64 = AtomicI64::new(1_700_000_000);
 
-fn tick() -> i64 {
+/// The next second of the tests' clock (for commits written by hand).
+pub fn tick() -> i64 {
     CLOCK.fetch_add(1, Ordering::SeqCst)
 }
 
@@ -330,6 +313,18 @@ impl GitRepo {
         let mut cmd = git_command(&self.path);
         cmd.args(args);
         run_checked(cmd, stdin).stdout
+    }
+
+    /// Runs git with the clock set to the next tick (commits, merges, tags made by hand).
+    pub fn git_dated<S: AsRef<OsStr>>(&self, args: &[S]) -> String {
+        let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+        self.git_at(&args)
+    }
+
+    /// A commit touching a file named after `message`.
+    pub fn commit_message(&self, message: &str) -> String {
+        let file = format!("{}.txt", message.replace([' ', '/'], "-"));
+        self.commit(&file, message, message)
     }
 
     /// Runs git with the clock set to the next tick (for commits, merges, tags).

@@ -30,14 +30,39 @@ pub fn has_userinfo(repo: &str) -> bool {
     strip_userinfo(repo) != repo
 }
 
-/// Removes `repo`'s userinfo wherever it appears in `text`: error messages from VCS
-/// tools and libraries echo the URL they were given.
+/// Removes `repo`'s credentials from `text`, however a tool spelled them: error
+/// messages from VCS tools and libraries echo the URL they were given, sometimes
+/// re-serialised (libgit2 adds a default port). The URL's `user:password@` goes
+/// wherever it appears, and the password alone becomes `***`.
 pub fn scrub(text: &str, repo: &str) -> String {
     let stripped = strip_userinfo(repo);
     if stripped == repo {
         return text.to_owned();
     }
-    text.replace(repo, &stripped)
+    let mut text = text.replace(repo, &stripped);
+    if let Some(userinfo) = userinfo(repo) {
+        text = text.replace(&format!("{userinfo}@"), "");
+        if let Some((_, password)) = userinfo.split_once(':') {
+            text = hide(&text, password);
+        }
+    }
+    text
+}
+
+/// Replaces every occurrence of `secret` (a password read from the environment) in
+/// `text` with `***`.
+pub fn hide(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_owned();
+    }
+    text.replace(secret, "***")
+}
+
+/// The `user:password` of a `scheme://user:password@host/...` URL.
+fn userinfo(repo: &str) -> Option<&str> {
+    let rest = &repo[repo.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &authority[..at])
 }
 
 #[cfg(test)]
@@ -60,12 +85,29 @@ mod tests {
     }
 
     #[test]
-    fn scrubs_echoed_urls() {
+    fn scrubs_every_spelling_of_the_credentials() {
         let repo = "https://ada:s3cret@git.example/app.git";
         let message = format!("failed to connect to {repo}: refused");
         assert_eq!(
             scrub(&message, repo),
             "failed to connect to https://git.example/app.git: refused"
         );
+        assert_eq!(
+            scrub(
+                "cannot reach https://ada:s3cret@git.example:443/app.git",
+                repo
+            ),
+            "cannot reach https://git.example:443/app.git"
+        );
+        assert_eq!(
+            scrub("password s3cret rejected", repo),
+            "password *** rejected"
+        );
+        assert_eq!(scrub("plain /srv/x", "/srv/x"), "plain /srv/x");
+        assert_eq!(
+            hide("password hunter2 rejected", "hunter2"),
+            "password *** rejected"
+        );
+        assert_eq!(hide("fine", ""), "fine");
     }
 }

@@ -11,10 +11,11 @@
 
 use std::time::Duration;
 
+use polld_backend::{Refusal, redact};
+use polld_core::Change;
+use polld_core::config::HumanDuration;
+use polld_core::sink::{SinkError, SinkFailure};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
-
-use super::{SinkError, SinkFailure};
-use crate::model::Change;
 
 /// Requests that take longer than this fail and are retried.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +26,31 @@ pub(crate) const IN_FLIGHT: usize = 4;
 
 /// How much of an error response's body is read, and kept for logs and `polld status`.
 const BODY_EXCERPT: usize = 300;
+
+/// `url` must be an http(s) URL (checked at config load).
+pub(crate) fn check_url(url: &str) -> Result<(), Refusal> {
+    match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
+        Ok(parsed) => Err(Refusal::at(
+            "url",
+            format!("url must be http or https, not {}", parsed.scheme()),
+        )),
+        Err(error) => Err(Refusal::at(
+            "url",
+            format!("invalid url {:?}: {error}", redact::strip_userinfo(url)),
+        )),
+    }
+}
+
+/// A zero timeout would fail every request.
+pub(crate) fn check_timeout(timeout: Option<HumanDuration>) -> Result<(), Refusal> {
+    match timeout {
+        Some(timeout) if timeout.0.is_zero() => {
+            Err(Refusal::at("timeout", "timeout must be greater than zero"))
+        }
+        _ => Ok(()),
+    }
+}
 
 pub(crate) fn client(timeout: Option<Duration>) -> Result<Client, String> {
     Client::builder()

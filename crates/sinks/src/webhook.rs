@@ -2,38 +2,75 @@
 //! HMAC-SHA256 when a secret is configured (`X-Polld-Signature: sha256=<hex>`, the
 //! GitHub convention, so receivers can reuse their verification code).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
+use polld_backend::Refusal;
+use polld_core::Change;
+use polld_core::config::HumanDuration;
+use polld_core::sink::{Sink, SinkContext, SinkError, SinkFailure, SinkType};
 use reqwest::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
 use sha2::Sha256;
 
-use super::http;
-use super::{Sink, SinkError, SinkFailure};
-use crate::config::WebhookSinkConfig;
-use crate::model::Change;
+use crate::http;
 
 pub const SIGNATURE_HEADER: &str = "X-Polld-Signature";
 
+/// `type = "webhook"`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Webhook;
+
+/// `[sink]` keys of `type = "webhook"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Environment variable holding the HMAC-SHA256 key: each body is signed in
+    /// `X-Polld-Signature: sha256=<hex>`.
+    pub secret_env: Option<String>,
+    /// Extra request headers, e.g. `{ "X-Team" = "core" }`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How long one request may take (default 30 s).
+    pub timeout: Option<HumanDuration>,
+}
+
+impl SinkType for Webhook {
+    const TYPE: &'static str = "webhook";
+    type Config = WebhookConfig;
+
+    fn check(&self, _: &SinkContext, config: &WebhookConfig) -> Result<(), Refusal> {
+        http::check_timeout(config.timeout)?;
+        http::check_url(&config.url)?;
+        header_map(config)
+            .map(drop)
+            .map_err(|message| Refusal::at("headers", message))
+    }
+
+    fn open(&self, _: &SinkContext, config: WebhookConfig) -> Result<Arc<dyn Sink>, String> {
+        let client = http::client(config.timeout.map(|t| t.0))?;
+        let headers = header_map(&config)?;
+        Ok(Arc::new(WebhookSink {
+            client,
+            config,
+            headers,
+        }))
+    }
+}
+
+/// One JSON POST per change, optionally signed.
 pub struct WebhookSink {
     client: Client,
-    config: WebhookSinkConfig,
+    config: WebhookConfig,
     headers: HeaderMap,
 }
 
 impl WebhookSink {
-    pub fn new(config: WebhookSinkConfig) -> Result<Self, String> {
-        let client = http::client(config.timeout.map(|t| t.0))?;
-        let headers = header_map(&config)?;
-        Ok(WebhookSink {
-            client,
-            config,
-            headers,
-        })
-    }
-
     async fn post(&self, change: &Change) -> Result<(), SinkError> {
         let body = serde_json::to_vec(change)
             .map_err(|e| SinkError::Refused(format!("cannot encode change: {e}")))?;
@@ -79,8 +116,8 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     hex
 }
 
-/// The configured extra headers, checked once (at config load, through [`super::validate`]).
-pub(crate) fn header_map(config: &WebhookSinkConfig) -> Result<HeaderMap, String> {
+/// The configured extra headers (checked at config load, built again at open).
+fn header_map(config: &WebhookConfig) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in &config.headers {
         let name = HeaderName::try_from(name.as_str())

@@ -1,14 +1,58 @@
 //! A file sink: one JSON object per line, appended and fsynced per batch.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use polld_backend::Refusal;
+use polld_core::Change;
+use polld_core::sink::{Sink, SinkContext, SinkError, SinkFailure, SinkType};
+use serde::Deserialize;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::{Sink, SinkError, SinkFailure, json_line};
-use crate::model::Change;
+use crate::json_line;
+
+/// `type = "jsonl"`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Jsonl;
+
+/// `[sink]` keys of `type = "jsonl"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlConfig {
+    /// Relative to the config file's directory.
+    pub path: PathBuf,
+}
+
+impl SinkType for Jsonl {
+    const TYPE: &'static str = "jsonl";
+    type Config = JsonlConfig;
+
+    fn check(&self, context: &SinkContext, config: &JsonlConfig) -> Result<(), Refusal> {
+        let path = context.config_dir.join(&config.path);
+        match std::fs::metadata(&path) {
+            // A FIFO would block every write (and cannot be cut back after a torn
+            // line), `/dev/null` would acknowledge changes it throws away, a directory
+            // cannot be appended to: only a regular file (or none yet) is a jsonl file.
+            Ok(meta) if !meta.is_file() => Err(Refusal::at(
+                "path",
+                format!(
+                    "path {} is not a regular file: the jsonl sink appends to a file it can fsync and cut back",
+                    path.display()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn open(&self, context: &SinkContext, config: JsonlConfig) -> Result<Arc<dyn Sink>, String> {
+        Ok(Arc::new(JsonlSink::new(
+            context.config_dir.join(config.path),
+        )))
+    }
+}
 
 /// Appends a whole batch, then fsyncs once: a batch is acknowledged only when it is on
 /// disk. A failed write is cut back off the file, and so is a line left half-written by
@@ -95,7 +139,7 @@ async fn open_or_create(path: &std::path::Path) -> std::io::Result<File> {
     options.read(true).append(true);
     match options.clone().create_new(true).open(path).await {
         Ok(file) => {
-            let mode = crate::private::user_file_mode();
+            let mode = polld_core::private::user_file_mode();
             let permissions = std::os::unix::fs::PermissionsExt::from_mode(mode);
             file.set_permissions(permissions).await?;
             Ok(file)

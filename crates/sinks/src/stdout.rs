@@ -1,16 +1,43 @@
 //! The default sink: one JSON object per line on standard output.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use tokio::io::{AsyncWriteExt, Stdout};
+use polld_backend::Refusal;
+use polld_core::Change;
+use polld_core::sink::{Sink, SinkContext, SinkError, SinkFailure, SinkType};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::{Sink, SinkError, SinkFailure, json_line};
-use crate::model::Change;
+use crate::json_line;
+
+/// `type = "stdout"`, the default sink.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stdout;
+
+/// `type = "stdout"` has no keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {}
+
+impl SinkType for Stdout {
+    const TYPE: &'static str = "stdout";
+    type Config = StdoutConfig;
+
+    fn check(&self, _: &SinkContext, _: &StdoutConfig) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    fn open(&self, _: &SinkContext, _: StdoutConfig) -> Result<Arc<dyn Sink>, String> {
+        Ok(Arc::new(StdoutSink::new()))
+    }
+}
 
 /// Writes and flushes each change on its own, so a reader piped to polld sees every
 /// change as soon as it is queued, and a change counts as delivered once flushed.
 pub struct StdoutSink {
-    out: Mutex<Stdout>,
+    out: Mutex<tokio::io::Stdout>,
 }
 
 impl StdoutSink {

@@ -2,25 +2,61 @@
 //! request. Buildbot does not parse JSON bodies (it stores a blank change and answers
 //! 200), so the fields go as a form, with `files` and `properties` as JSON strings.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use polld_backend::Refusal;
+use polld_core::Change;
+use polld_core::config::HumanDuration;
+use polld_core::sink::{Sink, SinkContext, SinkError, SinkFailure, SinkType};
 use reqwest::Client;
+use serde::Deserialize;
 
-use super::http;
-use super::{Sink, SinkError, SinkFailure};
-use crate::config::BuildbotSinkConfig;
-use crate::model::Change;
+use crate::http;
 
+/// `type = "buildbot"`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Buildbot;
+
+/// `[sink]` keys of `type = "buildbot"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildbotConfig {
+    /// e.g. `http://127.0.0.1:8010/change_hook/base`
+    pub url: String,
+    /// HTTP basic auth for Buildbot's `change_hook_auth`.
+    pub username: Option<String>,
+    /// Environment variable holding the basic-auth password.
+    pub password_env: Option<String>,
+    /// How long one request may take (default 30 s).
+    pub timeout: Option<HumanDuration>,
+}
+
+impl SinkType for Buildbot {
+    const TYPE: &'static str = "buildbot";
+    type Config = BuildbotConfig;
+
+    fn check(&self, _: &SinkContext, config: &BuildbotConfig) -> Result<(), Refusal> {
+        if config.password_env.is_some() && config.username.is_none() {
+            return Err(Refusal::at("password_env", "password_env needs a username"));
+        }
+        http::check_timeout(config.timeout)?;
+        http::check_url(&config.url)
+    }
+
+    fn open(&self, _: &SinkContext, config: BuildbotConfig) -> Result<Arc<dyn Sink>, String> {
+        let client = http::client(config.timeout.map(|t| t.0))?;
+        Ok(Arc::new(BuildbotSink { client, config }))
+    }
+}
+
+/// One form POST per change to Buildbot's base change hook.
 pub struct BuildbotSink {
     client: Client,
-    config: BuildbotSinkConfig,
+    config: BuildbotConfig,
 }
 
 impl BuildbotSink {
-    pub fn new(config: BuildbotSinkConfig) -> Result<Self, String> {
-        let client = http::client(config.timeout.map(|t| t.0))?;
-        Ok(BuildbotSink { client, config })
-    }
-
     async fn post(&self, change: &Change) -> Result<(), SinkError> {
         let mut request = self
             .client
