@@ -14,6 +14,26 @@ use serde::de::DeserializeOwned;
 
 use crate::model::{Cursor, NewChange};
 
+/// The checks every backend's `repo` passes before it is parsed (the core makes them
+/// before any backend sees the key; backends make them again for callers that build
+/// pollers directly): not empty, not something a VCS client would read as an option
+/// (`-...`), no control characters (which would break a command line, an rc file or a
+/// log line).
+pub fn check_repo(repo: &str) -> Result<(), String> {
+    if repo.trim().is_empty() {
+        return Err("repo must not be empty".into());
+    }
+    if repo.starts_with('-') {
+        return Err(
+            "repo must not start with `-`: it would be read as a command-line option".into(),
+        );
+    }
+    if repo.chars().any(char::is_control) {
+        return Err("repo must not contain control characters".into());
+    }
+    Ok(())
+}
+
 /// A config value that is one string or a list of strings: `branches = "*"` means the
 /// same as `branches = ["*"]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub mod process;
 pub mod redact;
 
 pub use backend::{
-    Backend, PollError, PollOutcome, Poller, PollerContext, Refusal, StringList, one_line,
+    Backend, PollError, PollOutcome, Poller, PollerContext, Refusal, StringList, check_repo,
+    one_line,
 };
 pub use model::{Cursor, NewChange};

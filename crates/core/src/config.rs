@@ -509,15 +509,7 @@ fn build_poller(
         ));
     }
     let repo = common.repo.get_ref();
-    if repo.trim().is_empty() {
-        return Err(at(Some(common.repo.span()), "repo must not be empty"));
-    }
-    if repo.starts_with('-') {
-        return Err(at(
-            Some(common.repo.span()),
-            "repo must not start with `-`: it would be read as a command-line option",
-        ));
-    }
+    polld_backend::check_repo(repo).map_err(|message| at(Some(common.repo.span()), &message))?;
     let timing = resolve_timing(&common, defaults, at)?;
 
     let type_name = common.vcs.get_ref();

@@ -358,7 +358,7 @@ fn poller() -> impl Strategy<Value = PollerModel> {
     (
         poller_name(),
         text(20).prop_filter("a usable repo", |r| {
-            !r.trim().is_empty() && !r.starts_with('-')
+            !r.trim().is_empty() && !r.starts_with('-') && !r.chars().any(char::is_control)
         }),
         timing(),
         (

@@ -36,14 +36,7 @@ pub(crate) struct Location {
 impl Location {
     /// Classifies `repo` and resolves a relative local path against `config_dir`.
     pub(crate) fn parse(repo: &str, config_dir: &Path) -> Result<Location, String> {
-        if repo.trim().is_empty() {
-            return Err("repo is empty".into());
-        }
-        if repo.starts_with('-') {
-            return Err(format!(
-                "repo {repo:?} starts with '-': it could be taken for a command-line option"
-            ));
-        }
+        polld_backend::check_repo(repo)?;
         if let Some(transport) = remote_helper_prefix(repo) {
             return Err(format!(
                 "repo uses git's `{transport}::<address>` remote-helper syntax, which polld \

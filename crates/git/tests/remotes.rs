@@ -118,7 +118,7 @@ fn build_refuses_what_git_would_misread_or_run() {
             Ok(_) => panic!("{repo} with {config} was accepted"),
             Err(message) => message,
         };
-    assert!(refused("-oProxyCommand=x", json!({})).contains("starts with '-'"));
+    assert!(refused("-oProxyCommand=x", json!({})).contains("start with `-`"));
     assert!(refused("ext::sh -c x", json!({})).contains("ext::"));
     assert!(refused("remote", json!({"branches": ["[oops"]})).contains("[oops"));
     assert!(refused("remote", json!({"tags": ["{a"]})).contains("{a"));

@@ -33,17 +33,7 @@ pub(crate) struct Location {
 impl Location {
     /// Classifies `repo` and resolves a relative local path against `config_dir`.
     pub(crate) fn parse(repo: &str, config_dir: &Path) -> Result<Location, String> {
-        if repo.trim().is_empty() {
-            return Err("repo is empty".into());
-        }
-        if repo.starts_with('-') {
-            return Err(format!(
-                "repo {repo:?} starts with '-': it could be taken for a command-line option"
-            ));
-        }
-        if repo.chars().any(char::is_control) {
-            return Err("repo contains a control character".into());
-        }
+        polld_backend::check_repo(repo)?;
         if repo.contains('#') {
             return Err(
                 "repo contains '#': hg would read what follows as a branch; \

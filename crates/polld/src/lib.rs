@@ -1,11 +1,14 @@
 //! The `polld` command: parses the command line, loads the config, and hands over to
-//! the core. The plugins (backends, sinks, stores) are registered by `main.rs`, one line
-//! each, and handed to [`main`]; a build with more plugins (the README's guide) is a
-//! `main.rs` with more lines.
+//! the core. The plugins (backends, sinks, stores) are registered in [`plugins`], one
+//! line each, and handed to [`main`]; a build with more plugins (the README's guides)
+//! is a `main` that registers more.
 
 mod control;
 mod logging;
+mod plugins;
 mod status;
+
+pub use plugins::plugins;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

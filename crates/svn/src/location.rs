@@ -62,14 +62,7 @@ pub(crate) struct Location {
 impl Location {
     /// Classifies `repo`; a relative local path is relative to `config_dir`.
     pub(crate) fn parse(repo: &str, config_dir: &Path) -> Result<Location, String> {
-        if repo.trim().is_empty() {
-            return Err("repo is empty".into());
-        }
-        if repo.starts_with('-') {
-            return Err(format!(
-                "repo {repo:?} starts with '-': it could be taken for a command-line option"
-            ));
-        }
+        polld_backend::check_repo(repo)?;
         match repo.find("://") {
             Some(scheme_end) => Self::parse_url(repo, &repo[..scheme_end]),
             None => Self::from_path(&config_dir.join(repo)),
