@@ -1045,8 +1045,9 @@ fn buildbot_hook_with_basic_auth_and_the_password_is_kept_secret() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn throughput_of_500_queued_changes_to_the_master() {
-    const N: usize = 500;
+fn throughput_of_200_queued_changes_to_the_master() {
+    // Enough to measure; more only keeps a 2-core CI machine's master busy for minutes.
+    const N: usize = 200;
     let mut master = BuildbotMaster::start();
     let pair = RemotePair::with_initial_commit();
     let repo = pair.repo();

@@ -6,7 +6,6 @@
 // Tests may unwrap: a panic is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -15,41 +14,8 @@ use serde_json::Value;
 
 const TOKEN: &str = "t0ps3cret-token";
 
-/// One HTTP/1.1 request; returns (status, body).
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("control endpoint accepts");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Bodies here are small; strip chunked framing if any by keeping JSON/text lines.
-    (status, dechunk(body))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut lines = body.split("\r\n");
-    let mut out = String::new();
-    while let Some(size) = lines.next() {
-        match usize::from_str_radix(size.trim(), 16) {
-            Ok(0) => break,
-            Ok(_) => out.push_str(lines.next().unwrap_or("")),
-            Err(_) => return body.to_owned(),
-        }
-    }
-    out
+    polld_test_support::http::control(port, method, path, token)
 }
 
 /// A daemon with a control endpoint, one-hour intervals and a jsonl sink.

@@ -29,7 +29,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -56,48 +55,15 @@ const HISTORY: usize = 5_000;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One HTTP/1.1 request to the control endpoint (no token: these daemons listen on
-/// loopback without `token_env`); (status, body), or why there was no answer.
+/// One request to the control endpoint (no token: these daemons listen on loopback
+/// without `token_env`); (status, body), or why there was no answer.
 fn try_http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .map_err(|e| format!("connect to 127.0.0.1:{port}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send {method} {path}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read the answer to {method} {path}: {e}"))?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response to {method} {path}: {response:?}"))?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, dechunk(body)))
+    polld_test_support::http::request(port, method, path, &[], b"").map(|a| (a.status, a.body))
 }
 
 #[track_caller]
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    try_http(port, method, path).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut lines = body.split("\r\n");
-    let mut out = String::new();
-    while let Some(size) = lines.next() {
-        match usize::from_str_radix(size.trim(), 16) {
-            Ok(0) => break,
-            Ok(_) => out.push_str(lines.next().unwrap_or("")),
-            Err(_) => return body.to_owned(),
-        }
-    }
-    out
+    polld_test_support::http::control(port, method, path, None)
 }
 
 /// A config with a control endpoint on `port`, one-hour intervals, `sink` and `pollers`.

@@ -1996,7 +1996,7 @@ fn excerpt(text: &str, needle: &str) -> String {
 }
 
 fn list_all_files(dir: &Path) -> Vec<PathBuf> {
-    polld_test_support::buildbot::list_files(dir)
+    polld_test_support::list_files(dir)
 }
 
 fn daemon_stdout_has(path: &Path, needle: &str) -> bool {
@@ -2027,41 +2027,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-/// One HTTP/1.1 request to the control endpoint; (status, body).
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("control endpoint accepts");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, dechunk(body))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut lines = body.split("\r\n");
-    let mut out = String::new();
-    while let Some(size) = lines.next() {
-        match usize::from_str_radix(size.trim(), 16) {
-            Ok(0) => break,
-            Ok(_) => out.push_str(lines.next().unwrap_or("")),
-            Err(_) => return body.to_owned(),
-        }
-    }
-    out
+    polld_test_support::http::control(port, method, path, token)
 }
 
 /// `GET /status`'s entry for `name`, if the endpoint answers.

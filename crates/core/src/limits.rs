@@ -58,7 +58,7 @@ mod tests {
     use super::*;
 
     fn change() -> Change {
-        crate::model::sample_change("a", "1")
+        crate::store::conformance::change("a", "1")
     }
 
     #[test]

@@ -28,26 +28,3 @@ pub struct Change {
     pub revlink: Option<String>,
     pub properties: Map<String, Value>,
 }
-
-/// A small change for the core's unit tests.
-#[cfg(test)]
-pub(crate) fn sample_change(poller: &str, revision: &str) -> Change {
-    Change {
-        id: format!("{poller}:main:{revision}"),
-        poller: poller.into(),
-        vcs: "git".into(),
-        repository: "/r".into(),
-        branch: Some("main".into()),
-        revision: revision.into(),
-        author: "A <a@x>".into(),
-        committer: None,
-        comments: "short".into(),
-        files: vec!["f".into()],
-        when_timestamp: 0,
-        project: String::new(),
-        category: None,
-        codebase: String::new(),
-        revlink: None,
-        properties: Default::default(),
-    }
-}

@@ -40,13 +40,7 @@ impl StoreError {
 impl fmt::Display for StoreError {
     /// The whole cause chain on one line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
+        f.write_str(&polld_backend::one_line(self.0.as_ref()))
     }
 }
 
@@ -208,5 +202,4 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

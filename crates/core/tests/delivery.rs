@@ -14,6 +14,7 @@ use polld_core::delivery::{Delivery, QueuedSignal};
 use polld_core::metrics::Metrics;
 use polld_core::model::Change;
 use polld_core::sink::{Sink, SinkError, SinkFailure};
+use polld_core::store::conformance::change as sample_change;
 use polld_core::store::{Access, Store, StoredStatus};
 use polld_store_sqlite::SqliteStore;
 use tokio_util::sync::CancellationToken;
@@ -67,27 +68,6 @@ impl Sink for ScriptedSink {
 
     fn max_in_flight(&self) -> usize {
         2
-    }
-}
-
-fn sample_change(poller: &str, revision: &str) -> Change {
-    Change {
-        id: format!("{poller}:main:{revision}"),
-        poller: poller.into(),
-        vcs: "git".into(),
-        repository: "/r".into(),
-        branch: Some("main".into()),
-        revision: revision.into(),
-        author: "A <a@x>".into(),
-        committer: None,
-        comments: "short".into(),
-        files: vec!["f".into()],
-        when_timestamp: 0,
-        project: String::new(),
-        category: None,
-        codebase: String::new(),
-        revlink: None,
-        properties: Default::default(),
     }
 }
 

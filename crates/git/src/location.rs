@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn refuses_dangerous_or_unknown_forms() {
-        assert!(parse("-oProxyCommand=x").unwrap_err().contains("'-'"));
+        assert!(parse("-oProxyCommand=x").unwrap_err().contains("`-`"));
         assert!(parse("ext::sh -c x").unwrap_err().contains("ext::"));
         assert!(parse("fd::17").is_err());
         assert!(parse("ftp://h/x").unwrap_err().contains("not supported"));

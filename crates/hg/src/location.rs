@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn refuses_dangerous_or_unknown_forms() {
-        assert!(parse("-R/tmp").unwrap_err().contains("'-'"));
+        assert!(parse("-R/tmp").unwrap_err().contains("`-`"));
         assert!(
             parse("ssh://-oProxyCommand=touch%20x/r")
                 .unwrap_err()

@@ -166,7 +166,7 @@ async fn a_remote_that_never_answers_times_out() {
 async fn build_refuses_what_hg_could_misread() {
     let fx = Fixture::new();
     for (repo, config, needle) in [
-        ("-Rfoo", json!({}), "'-'"),
+        ("-Rfoo", json!({}), "`-`"),
         ("ssh://-oProxyCommand=touch%20pwned/x", json!({}), "'-'"),
         ("bundle:///x", json!({}), "not supported"),
         ("remote", json!({"username": "ada"}), "http"),

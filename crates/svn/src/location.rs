@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn refuses_dangerous_or_unknown_forms() {
-        assert!(parse("-r5").unwrap_err().contains("'-'"));
+        assert!(parse("-r5").unwrap_err().contains("`-`"));
         assert!(
             parse("svn+ssh://-oProxyCommand=touch%20x/repo")
                 .unwrap_err()

@@ -6,7 +6,7 @@
 //! deadline; the master process is killed on drop.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -365,7 +365,9 @@ c['buildbotURL'] = 'http://127.0.0.1:{port}/'
 /// GET `url`: the body of a 2xx answer, else a description of what went wrong.
 pub fn get(url: &str) -> Result<String, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
+        // A master still creating buildsets for hundreds of changes, on a loaded 2-core
+        // machine, may take minutes to answer.
+        .timeout_global(Some(Duration::from_secs(180)))
         .build()
         .into();
     let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
@@ -587,21 +589,4 @@ impl Drop for WebhookReceiver {
             let _ = thread.join();
         }
     }
-}
-
-/// Every file below `dir`, for failure messages.
-pub fn list_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }

@@ -22,12 +22,13 @@ use tempfile::TempDir;
 
 pub mod buildbot;
 pub mod hg;
+pub mod http;
 pub mod poll;
 pub mod ssh;
 pub mod svn;
 
-/// Every file below `dir` whose bytes contain `needle`: for proving a secret was stored nowhere.
-pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+/// Every file below `dir` (for failure messages, and searches).
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -35,14 +36,22 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
+            } else {
                 found.push(path);
             }
         }
     }
     found
+}
+
+/// Every file below `dir` whose bytes contain `needle`: for proving a secret was stored nowhere.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    list_files(dir)
+        .into_iter()
+        .filter(|path| {
+            std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
 }
 
 /// How long one `polld once/check/status` may take before the test gives up on it.

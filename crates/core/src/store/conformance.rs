@@ -8,7 +8,6 @@
 //! }
 //! ```
 //!
-//! (enable `polld-core`'s `conformance` feature in the store crate's dev-dependencies).
 //! Each check gets a fresh, empty store from `fresh` and panics naming what broke.
 
 use std::future::Future;
