@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -81,6 +82,14 @@ pub enum PollOutcome {
         cursor: Cursor,
         changes: Vec<NewChange>,
     },
+    /// The remote moved further than one poll reports (more than
+    /// [`crate::limits::MAX_CHANGES_PER_POLL`] new changes): `changes` are the oldest,
+    /// `cursor` is just past them, and the core polls again at once for the rest. So a
+    /// poll's memory does not grow with a push of a million commits.
+    Partial {
+        cursor: Cursor,
+        changes: Vec<NewChange>,
+    },
 }
 
 /// Why a poll failed. The cursor does not move; the scheduler backs off and retries.
@@ -143,6 +152,13 @@ pub struct PollerContext {
     /// A directory this poller owns for local copies (`<state_dir>/mirrors/<name>`).
     /// It is not created in advance.
     pub mirror_dir: PathBuf,
+    /// A directory for files that must not outlive the process (a password handed to a
+    /// client in a file): owner-only, emptied when polld starts, so nothing secret
+    /// survives a crash. It is not created in advance.
+    pub secrets_dir: PathBuf,
+    /// The deadline for each remote operation of a poll (listing, fetch or pull, log),
+    /// from its start to its end, not per read: the poller's `timeout` key.
+    pub timeout: Duration,
 }
 
 /// One configured poller, ready to poll.

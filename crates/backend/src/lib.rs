@@ -13,6 +13,7 @@
 //! run through the binary by the `guide` example and its test.
 
 mod backend;
+pub mod limits;
 mod model;
 pub mod process;
 pub mod redact;

@@ -14,8 +14,12 @@ pub struct NewChange {
     pub revision: String,
     pub author: String,
     pub committer: Option<String>,
+    /// Cut to [`crate::limits::MAX_COMMENTS_BYTES`] as it is read (`limits::cut_message`).
     pub comments: String,
+    /// At most [`crate::limits::MAX_FILES`] (`limits::Files`).
     pub files: Vec<String>,
+    /// How many files the change really touched, when `files` holds fewer.
+    pub files_total: Option<usize>,
     pub when_timestamp: i64,
     /// Set by backends that derive the project from the change itself (svn's `split`);
     /// `None` keeps the poller's configured `project`.

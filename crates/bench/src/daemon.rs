@@ -80,8 +80,8 @@ impl Latency {
     }
 }
 
-/// polld's process, SIGTERMed (then killed) on drop.
-struct Polld(Child);
+/// polld's process, killed on drop.
+pub(crate) struct Polld(pub(crate) Child);
 
 impl Drop for Polld {
     fn drop(&mut self) {
@@ -99,7 +99,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// utime + stime of `pid`, in seconds.
-fn proc_cpu(pid: u32) -> Option<f64> {
+pub(crate) fn proc_cpu(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -109,7 +109,7 @@ fn proc_cpu(pid: u32) -> Option<f64> {
 }
 
 /// (VmRSS, VmHWM) of `pid` in KiB.
-fn proc_rss(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn proc_rss(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
@@ -146,7 +146,7 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 }
 
 /// Sums `polld_polls_total` by result: (ok, error).
-fn poll_totals(metrics: &str) -> (u64, u64) {
+pub(crate) fn poll_totals(metrics: &str) -> (u64, u64) {
     let (mut ok, mut error) = (0, 0);
     for line in metrics.lines() {
         if !line.starts_with("polld_polls_total{") {
@@ -186,14 +186,23 @@ fn make_commit(repo: &Path, tree: &str, parent: &str, what: &str) -> Result<Stri
 }
 
 /// Reads the lines appended to the sink since the last call.
-struct SinkReader {
+pub(crate) struct SinkReader {
     path: PathBuf,
     offset: u64,
     partial: String,
 }
 
 impl SinkReader {
-    fn revisions(&mut self) -> Vec<String> {
+    pub(crate) fn new(path: PathBuf) -> SinkReader {
+        SinkReader {
+            path,
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// The revisions of the changes appended since the last call.
+    pub(crate) fn revisions(&mut self) -> Vec<String> {
         let Ok(mut file) = File::open(&self.path) else {
             return Vec::new();
         };
@@ -262,11 +271,7 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
     let log_path = dir.join("polld.log");
 
     let mut requests = RequestCounter::at_end(&plan.gitd.log)?;
-    let mut sink = SinkReader {
-        path: dir.join("changes.jsonl"),
-        offset: 0,
-        partial: String::new(),
-    };
+    let mut sink = SinkReader::new(dir.join("changes.jsonl"));
     eprintln!(
         "polld-bench: running `polld run` with {n} pollers every {} for {} s",
         humantime::format_duration(plan.interval),

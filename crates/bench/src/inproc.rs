@@ -95,6 +95,8 @@ impl InProcess {
             repo: url.to_owned(),
             config_dir: state_dir.to_owned(),
             mirror_dir: state_dir.join("mirrors").join(name),
+            secrets_dir: state_dir.join("secrets"),
+            timeout: std::time::Duration::from_secs(120),
         };
         let config = GitConfig {
             branches: Some(polld_backend::StringList(vec!["main".to_owned()])),
@@ -189,10 +191,12 @@ impl InProcess {
 fn no_change(result: Result<PollOutcome, polld_backend::PollError>) -> Result<(), String> {
     match result {
         Ok(PollOutcome::Unchanged) => Ok(()),
-        Ok(PollOutcome::Advanced { changes, .. }) => Err(format!(
-            "expected no change, the poll advanced ({} changes)",
-            changes.len()
-        )),
+        Ok(PollOutcome::Advanced { changes, .. } | PollOutcome::Partial { changes, .. }) => {
+            Err(format!(
+                "expected no change, the poll advanced ({} changes)",
+                changes.len()
+            ))
+        }
         Err(e) => Err(e.to_string()),
     }
 }

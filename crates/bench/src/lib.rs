@@ -12,6 +12,7 @@ mod fixture;
 mod inproc;
 mod procs;
 mod report;
+mod soak;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use clap::Parser;
 pub use crate::daemon::{DaemonResult, Latency};
 pub use crate::inproc::PollStats;
 pub use crate::report::{RefsResult, Report};
+pub use crate::soak::{Sample, SoakReport};
 
 /// Benchmarks polld's git polling against Buildbot's GitPoller command sequence and
 /// `git ls-remote`, on a fixture of N repositories served by a local `git daemon`.
@@ -69,6 +71,22 @@ pub struct Options {
     /// Seed for picking repositories and commit times [default: the clock]
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run only the soak benchmark, for this many minutes: commits streamed into
+    /// --soak-repos repositories through `polld run` (0: the benchmarks above instead)
+    #[arg(long, default_value_t = 0)]
+    pub soak_minutes: u64,
+    /// Repositories of the soak run
+    #[arg(long, default_value_t = 50)]
+    pub soak_repos: usize,
+    /// Commits streamed in over the soak run, evenly spaced, each to a random repository
+    #[arg(long, default_value_t = 10_000)]
+    pub soak_commits: usize,
+    /// The soak run's poll interval
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub soak_interval: Duration,
+    /// How often the soak run samples the daemon
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub soak_sample: Duration,
 }
 
 impl Options {
@@ -84,25 +102,37 @@ fn progress(what: &str) {
     eprintln!("polld-bench: {what}");
 }
 
-/// Runs the whole benchmark and returns its results (see [`Report::markdown`]).
-pub fn run(options: &Options) -> Result<Report> {
-    if options.repos == 0 {
-        bail!("--repos must be at least 1");
-    }
-    let temp;
-    let root: PathBuf = match &options.work_dir {
+/// Runs the soak benchmark (`--soak-minutes`) and returns its results.
+pub fn soak(options: &Options) -> Result<SoakReport> {
+    let (_temp, root) = work_dir(options)?;
+    let polld = locate_polld(options)?;
+    soak::run(options, &polld, &root)
+}
+
+/// `--work-dir`, which must be empty, else a temporary directory (removed on drop).
+fn work_dir(options: &Options) -> Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match &options.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
             if std::fs::read_dir(dir)?.next().is_some() {
                 bail!("--work-dir {} is not empty", dir.display());
             }
-            dir.canonicalize()?
+            Ok((None, dir.canonicalize()?))
         }
         None => {
-            temp = tempfile::Builder::new().prefix("polld-bench-").tempdir()?;
-            temp.path().to_owned()
+            let temp = tempfile::Builder::new().prefix("polld-bench-").tempdir()?;
+            let root = temp.path().to_owned();
+            Ok((Some(temp), root))
         }
-    };
+    }
+}
+
+/// Runs the whole benchmark and returns its results (see [`Report::markdown`]).
+pub fn run(options: &Options) -> Result<Report> {
+    if options.repos == 0 {
+        bail!("--repos must be at least 1");
+    }
+    let (_temp, root) = work_dir(options)?;
     let seed = options.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -6,10 +6,14 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let options = polld_bench::Options::parse();
-    match polld_bench::run(&options) {
-        Ok(report) => {
-            println!("{}", report.markdown());
-            let problems = report.problems();
+    let result = if options.soak_minutes > 0 {
+        polld_bench::soak(&options).map(|report| (report.markdown(), report.problems()))
+    } else {
+        polld_bench::run(&options).map(|report| (report.markdown(), report.problems()))
+    };
+    match result {
+        Ok((markdown, problems)) => {
+            println!("{markdown}");
             for problem in &problems {
                 eprintln!("polld-bench: PROBLEM: {problem}");
             }

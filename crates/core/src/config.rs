@@ -47,6 +47,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// At most this many polls run at once, across all pollers.
     pub max_concurrent_polls: usize,
+    /// At most this many of them against one remote host.
+    pub max_polls_per_host: usize,
     /// Address of the HTTP control endpoint, when set.
     pub listen: Option<SocketAddr>,
     /// Environment variable holding the bearer token for the control endpoint's POSTs.
@@ -85,6 +87,8 @@ pub struct PollerConfig {
     /// As configured; may hold credentials. Show [`PollerConfig::display_repo`] instead.
     pub repo: String,
     pub timing: Timing,
+    /// The deadline for each remote operation of a poll (`timeout`, default 2 minutes).
+    pub timeout: Duration,
     pub project: String,
     pub category: Option<String>,
     pub codebase: String,
@@ -97,6 +101,8 @@ pub struct PollerConfig {
     pub config_dir: PathBuf,
     /// `<state_dir>/mirrors/<name>`: the poller's own directory.
     pub mirror_dir: PathBuf,
+    /// `<state_dir>/secrets/<name>`: emptied when polld starts.
+    pub secrets_dir: PathBuf,
 }
 
 impl Config {
@@ -126,6 +132,8 @@ impl PollerConfig {
             repo: self.repo.clone(),
             config_dir: self.config_dir.clone(),
             mirror_dir: self.mirror_dir.clone(),
+            secrets_dir: self.secrets_dir.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -370,6 +378,7 @@ fn parse_sink(
 struct DaemonKeys {
     state_dir: Option<PathBuf>,
     max_concurrent_polls: Option<Spanned<usize>>,
+    max_polls_per_host: Option<Spanned<usize>>,
     listen: Option<Spanned<String>>,
     token_env: Option<String>,
     shutdown_grace: Option<HumanDuration>,
@@ -397,6 +406,14 @@ impl DaemonKeys {
             Some(n) => n.into_inner(),
             None => 32,
         };
+        let max_polls_per_host = match self.max_polls_per_host {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(at(Some(n.span()), "max_polls_per_host must be at least 1"));
+            }
+            // More than the daemon's own cap changes nothing.
+            Some(n) => n.into_inner().min(max_concurrent_polls),
+            None => (max_concurrent_polls / 2).max(1),
+        };
         let listen = match &self.listen {
             Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
                 at(
@@ -421,6 +438,7 @@ impl DaemonKeys {
         Ok(DaemonConfig {
             state_dir: config_dir.join(self.state_dir.unwrap_or_else(|| PathBuf::from(".polld"))),
             max_concurrent_polls,
+            max_polls_per_host,
             listen,
             token_env: self.token_env,
             shutdown_grace: self.shutdown_grace.map_or(Duration::from_secs(10), |d| d.0),
@@ -436,6 +454,7 @@ struct TimingKeys {
     jitter: Option<Spanned<HumanDuration>>,
     jitter_min: Option<Spanned<HumanDuration>>,
     at_launch: Option<bool>,
+    timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// The keys every `[[poller]]` has, whatever its backend.
@@ -450,6 +469,7 @@ struct CommonPollerKeys {
     jitter: Option<Spanned<HumanDuration>>,
     jitter_min: Option<Spanned<HumanDuration>>,
     at_launch: Option<bool>,
+    timeout: Option<Spanned<HumanDuration>>,
     project: Option<String>,
     category: Option<String>,
     codebase: Option<String>,
@@ -466,6 +486,7 @@ const COMMON_POLLER_KEYS: &[&str] = &[
     "jitter",
     "jitter_min",
     "at_launch",
+    "timeout",
     "project",
     "category",
     "codebase",
@@ -511,6 +532,16 @@ fn build_poller(
     let repo = common.repo.get_ref();
     polld_backend::check_repo(repo).map_err(|message| at(Some(common.repo.span()), &message))?;
     let timing = resolve_timing(&common, defaults, at)?;
+    let timeout = match common.timeout.as_ref().or(defaults.timeout.as_ref()) {
+        Some(timeout) if timeout.get_ref().0.is_zero() => {
+            return Err(at(
+                Some(timeout.span()),
+                &format!("poller `{name}`: timeout must be greater than zero"),
+            ));
+        }
+        Some(timeout) => timeout.get_ref().0,
+        None => DEFAULT_TIMEOUT,
+    };
 
     let type_name = common.vcs.get_ref();
     let unknown_type = || {
@@ -528,6 +559,7 @@ fn build_poller(
         vcs,
         repo: repo.clone(),
         timing,
+        timeout,
         project: common.project.unwrap_or_default(),
         category: common.category,
         codebase: common.codebase.unwrap_or_default(),
@@ -536,6 +568,7 @@ fn build_poller(
         keys: toml::Table::new(),
         config_dir: config_dir.to_path_buf(),
         mirror_dir: daemon.state_dir.join("mirrors").join(name),
+        secrets_dir: daemon.state_dir.join(SECRETS_DIR).join(name),
     };
     let spanned =
         || ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(own.clone())));
@@ -639,6 +672,13 @@ pub struct HumanDuration(pub Duration);
 /// The longest duration a config may say: 100 years (`"100y"`, for a poller that only
 /// polls when pushed). Longer ones are refused rather than overflowing a clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// Each remote operation of a poll gets this long unless `timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where, under the state directory, pollers keep files that must not outlive the
+/// process (emptied at start).
+pub const SECRETS_DIR: &str = "secrets";
 
 /// The most polls `max_concurrent_polls` may allow at once.
 pub const MAX_CONCURRENT_POLLS: usize = 1_000_000;

@@ -1,7 +1,7 @@
 //! Everything running together: `polld run` (with its [`Control`] handle for the HTTP
 //! endpoint and signals) and `polld once`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +15,10 @@ use crate::delivery::{Delivery, QueuedSignal};
 use crate::engine::{ActivePoller, Engine};
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
-use crate::repo_key::repo_key;
-use crate::scheduler::{PollTarget, Scheduled, Scheduler, SchedulerHandle};
+use crate::repo_key::{host_of, repo_key};
+use crate::scheduler::{PollTarget, Polled, Scheduled, Scheduler, SchedulerHandle};
 use crate::sink::Sink;
-use crate::store::{Access, Store, StoreError, StoredStatus};
+use crate::store::{Access, Store, StoreError, StoredStatus, UPKEEP_EVERY};
 use crate::supervise::{Health, TaskHealth, panic_message, supervise};
 
 /// How often poll outcomes are saved for `polld status`: batched, so that a poll that
@@ -229,7 +229,21 @@ pub async fn run(
         )
     });
 
-    let scheduler = Scheduler::new(scheduled(&config), config.daemon.max_concurrent_polls);
+    let upkeep = tokio::spawn({
+        let (store, stop) = (Arc::clone(&store), shutdown.clone());
+        supervise(
+            "upkeep",
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+            move || upkeep_periodically(Arc::clone(&store), stop.clone()),
+        )
+    });
+
+    let scheduler = Scheduler::new(
+        scheduled(&config),
+        config.daemon.max_concurrent_polls,
+        config.daemon.max_polls_per_host,
+    );
     let grace = config.daemon.shutdown_grace;
     let control = Arc::new(Control {
         plugins,
@@ -260,6 +274,7 @@ pub async fn run(
     control.running.store(false, Ordering::SeqCst);
 
     let _ = status_saver.await;
+    let _ = upkeep.await;
     engine.save_poll_records().await;
     // Give the sink a last chance to take what the final polls queued.
     stop_delivery.cancel();
@@ -312,6 +327,7 @@ pub async fn once(
         .await?,
     );
     let permits = Arc::new(Semaphore::new(config.daemon.max_concurrent_polls));
+    let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut polls = JoinSet::new();
     for poller in &chosen {
         let (engine, permits, name) = (
@@ -319,9 +335,27 @@ pub async fn once(
             Arc::clone(&permits),
             poller.name.clone(),
         );
+        // As in `run`: the host's permit first, so a slow host holds only its share.
+        let host = host_of(&poller.repo).map(|host| {
+            Arc::clone(
+                hosts
+                    .entry(host)
+                    .or_insert_with(|| Arc::new(Semaphore::new(config.daemon.max_polls_per_host))),
+            )
+        });
         polls.spawn(async move {
+            let _host = match host {
+                Some(host) => host.acquire_owned().await.ok(),
+                None => None,
+            };
             let _permit = permits.acquire_owned().await;
-            let result = engine.poll(&name).await;
+            // A poll that reports part of a big push polls again for the rest.
+            let result = loop {
+                match engine.poll(&name).await {
+                    Ok(Polled::More) => continue,
+                    other => break other,
+                }
+            };
             (name, result)
         });
     }
@@ -360,6 +394,7 @@ fn scheduled(config: &Config) -> Vec<Scheduled> {
             timing: p.timing,
             repo: p.display_repo(),
             offset: crate::scheduler::spread(&repo_key(&p.repo, &dir), p.timing.interval),
+            host: host_of(&p.repo),
         })
         .collect()
 }
@@ -393,18 +428,43 @@ fn open_sink(config: &Config, plugins: &Plugins) -> Result<Arc<dyn Sink>, Daemon
     plugins.sinks.open(&config.sink).map_err(DaemonError::Sink)
 }
 
-/// Makes the state directory owner-only and opens the store for this process.
+/// Makes the state directory owner-only, opens the store for this process, and clears
+/// what a crash left in its secrets directory.
 async fn open_store(config: &Config, plugins: &Plugins) -> Result<Arc<dyn Store>, DaemonError> {
     let state_dir = &config.daemon.state_dir;
     crate::private::prepare_state_dir(state_dir).map_err(|source| DaemonError::StateDir {
         path: state_dir.display().to_string(),
         source,
     })?;
-    Ok(plugins.stores.open(state_dir, Access::Exclusive).await?)
+    let store = plugins.stores.open(state_dir, Access::Exclusive).await?;
+    crate::private::clear_secrets(state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
+    Ok(store)
 }
 
 /// Saves poll outcomes at most every [`STATUS_SAVE_EVERY`], and only when there are
 /// some: an idle daemon is never woken by it.
+/// Runs the store's upkeep every [`UPKEEP_EVERY`] (the first one an interval after
+/// start, so a daemon restarted in a loop does no extra work).
+async fn upkeep_periodically(store: Arc<dyn Store>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(UPKEEP_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let started = std::time::Instant::now();
+        match store.upkeep().await {
+            Ok(()) => tracing::debug!(
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "store upkeep done"
+            ),
+            Err(error) => tracing::warn!(%error, "store upkeep failed; trying again later"),
+        }
+    }
+}
+
 async fn save_status_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
     loop {
         tokio::select! {

@@ -14,9 +14,12 @@ use crate::config::PollerConfig;
 use crate::delivery::QueuedSignal;
 use crate::metrics::Metrics;
 use crate::model::Change;
-use crate::scheduler::PollTarget;
+use crate::scheduler::{PollTarget, Polled};
 use crate::store::{PollRecord, Store, StoreError, StoredCursor, unix_now};
 use crate::supervise::catch_panic;
+
+/// A whole poll (listing, fetch, walk) is given at most this many of its `timeout`s.
+const POLL_DEADLINES: u32 = 3;
 
 /// A poller as it runs: its config and the poller its backend built from it.
 pub struct ActivePoller {
@@ -83,8 +86,8 @@ impl Engine {
     }
 
     /// Polls one poller and, if it found anything, moves its cursor and queues the
-    /// changes in one transaction. Returns how many changes were queued.
-    pub async fn poll(&self, name: &str) -> Result<usize, String> {
+    /// changes in one transaction.
+    pub async fn poll(&self, name: &str) -> Result<Polled, String> {
         let poller = self
             .poller(name)
             .ok_or_else(|| format!("no poller named `{name}`"))?;
@@ -95,7 +98,7 @@ impl Engine {
         self.metrics.poll_finished(
             name,
             started.elapsed().as_secs_f64(),
-            result.as_ref().map(|n| *n).map_err(|_| ()),
+            result.is_ok(),
             unix_now(),
         );
         let record = PollRecord {
@@ -113,24 +116,39 @@ impl Engine {
         result
     }
 
-    async fn poll_and_store(&self, active: &ActivePoller) -> Result<usize, String> {
+    async fn poll_and_store(&self, active: &ActivePoller) -> Result<Polled, String> {
         let poller = &active.config;
         let started = Instant::now();
         let cursor = self.cursor(poller);
-        let outcome = match catch_panic(active.poller.poll(cursor.as_ref())).await {
-            Ok(polled) => polled.map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?,
-            Err(panic) => {
+        // Each remote operation has its deadline in the backend; this bounds the whole
+        // poll, should a backend miss one.
+        let backstop = poller.timeout.saturating_mul(POLL_DEADLINES);
+        let polled =
+            tokio::time::timeout(backstop, catch_panic(active.poller.poll(cursor.as_ref())));
+        let outcome = match polled.await {
+            Ok(Ok(polled)) => polled.map_err(|e| redact::scrub(&e.to_string(), &poller.repo))?,
+            Ok(Err(panic)) => {
                 self.metrics.panicked("poll");
                 tracing::error!(error = %panic, "the poll panicked; it counts as a failed poll");
                 return Err(format!("the poll {panic}"));
             }
+            Err(_) => {
+                return Err(format!(
+                    "the poll did not finish within {} ({POLL_DEADLINES} times its timeout)",
+                    humantime::format_duration(backstop)
+                ));
+            }
         };
-        let PollOutcome::Advanced { cursor, changes } = outcome else {
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "no change"
-            );
-            return Ok(0);
+        let (cursor, changes, more) = match outcome {
+            PollOutcome::Unchanged => {
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "no change"
+                );
+                return Ok(Polled::Done);
+            }
+            PollOutcome::Advanced { cursor, changes } => (cursor, changes, false),
+            PollOutcome::Partial { cursor, changes } => (cursor, changes, true),
         };
         let changes: Vec<Change> = changes
             .into_iter()
@@ -156,10 +174,17 @@ impl Engine {
                 elapsed_ms,
                 "first poll: recorded where the remote is; later commits will be reported"
             );
+        } else if more {
+            tracing::info!(
+                changes = count,
+                elapsed_ms,
+                "remote moved; polling again at once for the rest"
+            );
         } else {
             tracing::info!(changes = count, elapsed_ms, "remote moved");
         }
-        Ok(count)
+        self.metrics.changes_queued(&poller.name, count);
+        Ok(if more { Polled::More } else { Polled::Done })
     }
 
     /// The poller's cursor, unless another backend wrote it: a poller whose `type`
@@ -199,14 +224,15 @@ impl Engine {
 
 #[async_trait]
 impl PollTarget for Engine {
-    async fn poll(&self, poller: &str) -> Result<(), String> {
-        Engine::poll(self, poller).await.map(|_| ())
+    async fn poll(&self, poller: &str) -> Result<Polled, String> {
+        Engine::poll(self, poller).await
     }
 }
 
 /// Completes what a backend found with what the poller's config says, within
 /// [`crate::limits`].
 fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
+    let files_total = found.files_total;
     let project = found.project.unwrap_or_else(|| poller.project.clone());
     let branch = found.branch.as_deref().unwrap_or("");
     let id = if project.is_empty() {
@@ -237,6 +263,6 @@ fn make_change(poller: &PollerConfig, found: NewChange) -> Change {
         revlink,
         properties: poller.properties.clone(),
     };
-    crate::limits::bound(&mut change);
+    crate::limits::bound(&mut change, files_total);
     change
 }

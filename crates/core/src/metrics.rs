@@ -115,28 +115,18 @@ impl Metrics {
     }
 
     /// Records one finished poll.
-    pub fn poll_finished(
-        &self,
-        poller: &str,
-        seconds: f64,
-        outcome: Result<usize, ()>,
-        now_unix: i64,
-    ) {
+    pub fn poll_finished(&self, poller: &str, seconds: f64, ok: bool, now_unix: i64) {
         let label = PollerLabel {
             poller: poller.to_owned(),
         };
         self.poll_duration.get_or_create(&label).observe(seconds);
-        let result = match outcome {
-            Ok(changes) => {
-                self.changes.get_or_create(&label).inc_by(changes as u64);
-                self.last_success.get_or_create(&label).set(now_unix);
-                self.failure_streak.get_or_create(&label).set(0);
-                "ok"
-            }
-            Err(()) => {
-                self.failure_streak.get_or_create(&label).inc();
-                "error"
-            }
+        let result = if ok {
+            self.last_success.get_or_create(&label).set(now_unix);
+            self.failure_streak.get_or_create(&label).set(0);
+            "ok"
+        } else {
+            self.failure_streak.get_or_create(&label).inc();
+            "error"
         };
         self.polls
             .get_or_create(&PollLabels {
@@ -144,6 +134,14 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// Counts changes a poll queued.
+    pub fn changes_queued(&self, poller: &str, count: usize) {
+        let label = PollerLabel {
+            poller: poller.to_owned(),
+        };
+        self.changes.get_or_create(&label).inc_by(count as u64);
     }
 
     /// Counts a panic caught in `task` (a poll, a delivery, a daemon task).
@@ -205,8 +203,9 @@ mod tests {
     #[test]
     fn names_and_labels_follow_the_contract() {
         let metrics = Metrics::new();
-        metrics.poll_finished("app", 0.002, Ok(3), 1_700_000_000);
-        metrics.poll_finished("app", 0.5, Err(()), 1_700_000_001);
+        metrics.poll_finished("app", 0.002, true, 1_700_000_000);
+        metrics.changes_queued("app", 3);
+        metrics.poll_finished("app", 0.5, false, 1_700_000_001);
         metrics.set_queues(&["app"], &HashMap::from([("app".to_owned(), (2, 1))]));
         metrics.panicked("poll");
         let text = metrics.encode();

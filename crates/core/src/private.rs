@@ -41,8 +41,8 @@ fn current_umask() -> u32 {
     }
 }
 
-/// Creates `state_dir` (0700) if it is missing, and narrows it if it is wider; a state
-/// directory polld cannot narrow (owned by another user) is only warned about.
+/// Creates `state_dir` (0700) if it is missing, and narrows it if it is wider (a state
+/// directory polld cannot narrow, owned by another user, is only warned about).
 pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -52,6 +52,16 @@ pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
         tracing::warn!(state_dir = %state_dir.display(), %error, "cannot restrict the state directory to its owner");
     }
     Ok(())
+}
+
+/// Removes what a crash left in the state directory's `secrets` directory (a password
+/// handed to a client in a file). Call it only while holding the store exclusively:
+/// another polld's files are in use.
+pub fn clear_secrets(state_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(state_dir.join(crate::config::SECRETS_DIR)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
 }
 
 /// Narrows `state_dir` and what polld keeps directly in it (the store, the lock, the

@@ -38,6 +38,16 @@ pub fn repo_key(repo: &str, config_dir: &Path) -> String {
         .to_owned()
 }
 
+/// The host a repository is polled from, for capping polls at once per host; `None`
+/// for a local path (and `file://`), which no remote can slow down.
+pub fn host_of(repo: &str) -> Option<String> {
+    let key = repo_key(repo, Path::new("/"));
+    if key.starts_with('/') {
+        return None;
+    }
+    key.split('/').next().map(str::to_owned)
+}
+
 /// `host:path` with no slash before the colon, as git reads it.
 fn scp_like(repo: &str) -> Option<(&str, &str)> {
     let (before, after) = repo.split_once(':')?;
@@ -91,5 +101,24 @@ mod tests {
             repo_key("https://a.example/app", dir),
             repo_key("https://b.example/app", dir)
         );
+    }
+
+    #[test]
+    fn hosts_are_remote_only() {
+        assert_eq!(
+            host_of("https://ada:pw@Git.Example:8443/app.git").as_deref(),
+            Some("git.example:8443")
+        );
+        assert_eq!(
+            host_of("git@git.example:app.git").as_deref(),
+            Some("git.example")
+        );
+        assert_eq!(
+            host_of("svn+ssh://svn.example/r").as_deref(),
+            Some("svn.example")
+        );
+        assert_eq!(host_of("/srv/repo"), None);
+        assert_eq!(host_of("file:///srv/repo"), None);
+        assert_eq!(host_of("repos/app"), None);
     }
 }

@@ -35,11 +35,19 @@ pub const RETRY_BASE: Duration = Duration::from_secs(5);
 /// reached by waking up at the horizon and looking again.
 const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How a poll ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    Done,
+    /// The poller reported part of what it found (a limit per poll): poll again at once.
+    More,
+}
+
 /// Whatever actually polls: the [`crate::engine::Engine`] in polld, a recorder in tests.
 #[async_trait]
 pub trait PollTarget: Send + Sync + 'static {
     /// Polls the named poller once. The error is the cause, logged once per streak.
-    async fn poll(&self, poller: &str) -> Result<(), String>;
+    async fn poll(&self, poller: &str) -> Result<Polled, String>;
 }
 
 /// One poller as the scheduler knows it.
@@ -51,6 +59,8 @@ pub struct Scheduled {
     pub repo: String,
     /// Where in each interval this poller's regular polls fall (see [`spread`]).
     pub offset: Duration,
+    /// The remote's host, whose polls at once are capped; `None` for a local path.
+    pub host: Option<String>,
 }
 
 /// A stable offset in `0..interval` derived from `name`, as Jenkins' `H` does: pollers
@@ -105,7 +115,7 @@ impl SchedulerHandle {
 enum Command {
     Force(String),
     ForceAll,
-    Finished(String, Result<(), String>),
+    Finished(String, Result<Polled, String>),
     Reload {
         pollers: Vec<Scheduled>,
         restart: HashSet<String>,
@@ -120,6 +130,8 @@ struct Slot {
     next_slot: Instant,
     /// `next_slot` plus this cycle's jitter: when the next regular poll is due.
     next_due: Instant,
+    /// Polls at once against this poller's host (shared by the host's pollers).
+    host_permits: Option<Arc<Semaphore>>,
     /// When the failed last poll is retried, if before `next_due`.
     retry_at: Option<Instant>,
     /// The poller's entry in the timer queue: due at the earlier of `next_due` and
@@ -154,12 +166,21 @@ pub struct Scheduler {
     sender: mpsc::UnboundedSender<Command>,
     handle: SchedulerHandle,
     permits: Arc<Semaphore>,
+    /// One semaphore per remote host, `max_polls_per_host` permits each: a slow or
+    /// hostile host holds at most that many of `permits`, whatever its pollers do.
+    hosts: HashMap<String, Arc<Semaphore>>,
+    max_polls_per_host: usize,
     polls: JoinSet<()>,
 }
 
 impl Scheduler {
-    /// A scheduler for the named pollers, starting now.
-    pub fn new(pollers: impl IntoIterator<Item = Scheduled>, max_concurrent_polls: usize) -> Self {
+    /// A scheduler for the named pollers, starting now: at most `max_concurrent_polls`
+    /// polls at once, at most `max_polls_per_host` of them against one host.
+    pub fn new(
+        pollers: impl IntoIterator<Item = Scheduled>,
+        max_concurrent_polls: usize,
+        max_polls_per_host: usize,
+    ) -> Self {
         let (sender, commands) = mpsc::unbounded_channel();
         let handle = SchedulerHandle {
             commands: sender.clone(),
@@ -173,6 +194,8 @@ impl Scheduler {
             sender,
             handle,
             permits: Arc::new(Semaphore::new(max_concurrent_polls.max(1))),
+            hosts: HashMap::new(),
+            max_polls_per_host: max_polls_per_host.max(1),
             polls: JoinSet::new(),
         };
         let now = Instant::now();
@@ -202,9 +225,18 @@ impl Scheduler {
             timing,
             repo,
             offset,
+            host,
         }: Scheduled,
         now: Instant,
     ) {
+        let max_per_host = self.max_polls_per_host;
+        let host_permits = host.map(|host| {
+            Arc::clone(
+                self.hosts
+                    .entry(host)
+                    .or_insert_with(|| Arc::new(Semaphore::new(max_per_host))),
+            )
+        });
         let mut next_slot = now + offset;
         if !timing.at_launch && offset.is_zero() {
             // Without a launch poll, the first poll is the first slot after launch.
@@ -221,6 +253,7 @@ impl Scheduler {
                 repo,
                 next_slot,
                 next_due,
+                host_permits,
                 retry_at: None,
                 timer,
                 failures: 0,
@@ -327,9 +360,10 @@ impl Scheduler {
     }
 
     fn start_poll(&mut self, name: &str, target: &Arc<dyn PollTarget>) {
-        if !self.slots.contains_key(name) {
+        let Some(slot) = self.slots.get(name) else {
             return;
-        }
+        };
+        let host_permits = slot.host_permits.clone();
         if let Some(running) = self.running.get_mut(name) {
             running.rerun = true;
             return;
@@ -340,9 +374,19 @@ impl Scheduler {
         let permits = Arc::clone(&self.permits);
         let finished = self.sender.clone();
         self.polls.spawn(async move {
-            let result = match permits.acquire_owned().await {
+            // The host's permit first: polls waiting on a crowded host hold none of the
+            // daemon's permits meanwhile.
+            let host = match host_permits {
+                Some(host) => host.acquire_owned().await.map(Some),
+                None => Ok(None),
+            };
+            let permit = match host {
+                Ok(host) => permits.acquire_owned().await.map(|permit| (host, permit)),
+                Err(closed) => Err(closed),
+            };
+            let result = match permit {
                 // A panic must not lose the poller: its poll ends as a failure.
-                Ok(_permit) => catch_panic(target.poll(&name))
+                Ok(_permits) => catch_panic(target.poll(&name))
                     .await
                     .unwrap_or_else(|panic| Err(format!("the poll {panic}"))),
                 Err(_) => Err("scheduler is shutting down".to_owned()),
@@ -353,17 +397,25 @@ impl Scheduler {
         while self.polls.try_join_next().is_some() {}
     }
 
-    fn finished(&mut self, name: &str, result: Result<(), String>, target: &Arc<dyn PollTarget>) {
-        let rerun = self
-            .running
-            .remove(name)
-            .is_some_and(|running| running.rerun);
+    fn finished(
+        &mut self,
+        name: &str,
+        result: Result<Polled, String>,
+        target: &Arc<dyn PollTarget>,
+    ) {
+        let more = matches!(result, Ok(Polled::More));
+        let rerun = more
+            || self
+                .running
+                .remove(name)
+                .is_some_and(|running| running.rerun);
+        self.running.remove(name);
         // A poller removed by a reload while it polled has no slot any more.
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 if slot.failures > 0 {
                     tracing::info!(poller = %name, repo = %slot.repo, failures = slot.failures, "poller recovered");
                 }
@@ -437,7 +489,7 @@ mod tests {
 
     #[async_trait]
     impl PollTarget for Recorder {
-        async fn poll(&self, poller: &str) -> Result<(), String> {
+        async fn poll(&self, poller: &str) -> Result<Polled, String> {
             self.starts
                 .lock()
                 .unwrap()
@@ -453,7 +505,7 @@ mod tests {
             if *self.failing.lock().unwrap() {
                 Err("remote hung up".into())
             } else {
-                Ok(())
+                Ok(Polled::Done)
             }
         }
     }
@@ -480,8 +532,9 @@ mod tests {
             timing,
             repo: format!("/srv/{name}"),
             offset: Duration::ZERO,
+            host: None,
         });
-        let scheduler = Scheduler::new(scheduled, max_concurrent);
+        let scheduler = Scheduler::new(scheduled, max_concurrent, max_concurrent);
         let shutdown = CancellationToken::new();
         let helper = during(scheduler.handle());
         let target: Arc<dyn PollTarget> = recorder.clone();
@@ -604,6 +657,7 @@ mod tests {
                     timing: timing(interval, true),
                     repo: String::new(),
                     offset: Duration::ZERO,
+                    host: None,
                 };
                 let restart = HashSet::from(["b".to_owned()]);
                 handle.reload(vec![entry("a", 10), entry("b", 7), entry("c", 10)], restart);
@@ -623,6 +677,7 @@ mod tests {
             timing: timing(3600, at_launch),
             repo: String::new(),
             offset: Duration::ZERO,
+            host: None,
         }
     }
 
@@ -676,7 +731,7 @@ mod tests {
 
     #[async_trait]
     impl PollTarget for Panicky {
-        async fn poll(&self, _: &str) -> Result<(), String> {
+        async fn poll(&self, _: &str) -> Result<Polled, String> {
             let calls = {
                 let mut calls = self.0.lock().unwrap();
                 *calls += 1;
@@ -685,13 +740,13 @@ mod tests {
             if calls == 1 {
                 panic!("a bug in a backend");
             }
-            Ok(())
+            Ok(Polled::Done)
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_poll_is_a_failed_poll_and_is_retried() {
-        let scheduler = Scheduler::new([entry("a", true)], 8);
+        let scheduler = Scheduler::new([entry("a", true)], 8, 8);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -745,8 +800,9 @@ mod tests {
             timing: timing(10, at_launch),
             repo: String::new(),
             offset: Duration::from_secs(offset),
+            host: None,
         };
-        let scheduler = Scheduler::new([scheduled("a", 3, true), scheduled("b", 7, false)], 8);
+        let scheduler = Scheduler::new([scheduled("a", 3, true), scheduled("b", 7, false)], 8, 8);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {

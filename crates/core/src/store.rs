@@ -139,7 +139,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// (pending, dead letters) per poller that has any.
     async fn queue_counts(&self) -> Result<HashMap<String, (u64, u64)>, StoreError>;
+
+    /// Keeps the store's size in check over months of running: gives back the space of
+    /// delivered changes (an outage's backlog) and trims logs. The daemon calls it
+    /// every [`UPKEEP_EVERY`], off the polling and delivery paths. A store with nothing
+    /// to do keeps this default.
+    async fn upkeep(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
+
+/// How often the daemon calls [`Store::upkeep`].
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How a command uses the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -727,9 +727,11 @@ fn check_config(model: &Model, config: &Config) -> Result<(), TestCaseError> {
     let secs =
         |d: Option<Dur>, fallback: u64| Duration::from_secs(d.map_or(fallback, |d| d.seconds));
     let d = model.daemon.clone().unwrap_or_default();
+    let max_concurrent_polls = d.max_concurrent_polls.map_or(32, |n| n as usize);
     let daemon = DaemonConfig {
         state_dir: dir.join(d.state_dir.as_deref().unwrap_or(".polld")),
-        max_concurrent_polls: d.max_concurrent_polls.map_or(32, |n| n as usize),
+        max_concurrent_polls,
+        max_polls_per_host: (max_concurrent_polls / 2).max(1),
         listen: d.listen.as_deref().map(|l| l.parse().unwrap()),
         token_env: d.token_env.clone(),
         shutdown_grace: secs(d.shutdown_grace, 10),

@@ -135,6 +135,7 @@ impl Backend for GitBackend {
             build_pushes_with_no_commits: config.build_pushes_with_no_commits,
             auth,
             mirror_dir: context.mirror_dir,
+            timeout: context.timeout,
         })))
     }
 }

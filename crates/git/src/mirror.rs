@@ -5,8 +5,15 @@
 //! the watched refs and nothing the user did not ask for. The mirror is a cache: if it
 //! is lost or corrupt it is rebuilt, and the cursor (not the mirror's refs) remains the
 //! record of what was already reported.
+//!
+//! It heals itself: lock files a killed fetch left behind are removed when it is
+//! opened (only this process uses it: the state directory is locked), and once it
+//! holds more than [`MAX_PACKS`] packs (libgit2 adds one per fetch and never repacks)
+//! the small ones are merged into one ([`Mirror::compact`]), so months of fetches do not
+//! slow every walk down.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository};
 
@@ -16,6 +23,9 @@ use crate::error::GitError;
 use crate::location::Location;
 use crate::remote::{Credentials, proxy_options};
 use crate::watch::{HEADS, TAGS};
+
+/// Past this many packs, the mirror is compacted.
+pub(crate) const MAX_PACKS: usize = 32;
 
 pub(crate) struct Mirror {
     repo: Repository,
@@ -48,6 +58,7 @@ impl Mirror {
         if !path.exists() || is_empty_dir(path) {
             return init(path);
         }
+        remove_stale_locks(path, log);
         match Repository::open_bare(path) {
             Ok(repo) => Ok(Mirror {
                 repo,
@@ -81,28 +92,39 @@ impl Mirror {
         self.repo.odb().is_ok_and(|odb| odb.exists(oid))
     }
 
-    /// Fetches `names` (full ref names) from the remote into the same names here.
+    /// Fetches `names` (full ref names) from the remote into the same names here,
+    /// giving up at `deadline` (checked as data arrives: a server that trickles is cut
+    /// off there; one that goes silent, at libgit2's read timeout).
     pub(crate) fn fetch(
         &self,
         location: &Location,
         credentials: &Credentials,
         names: &[&String],
+        deadline: Instant,
     ) -> Result<(), GitError> {
         if names.is_empty() {
             return Ok(());
         }
         let fetch_error = |e: git2::Error| GitError::Fetch {
             refs: names.len(),
-            message: e.message().to_owned(),
+            message: if Instant::now() >= deadline {
+                "it did not finish within the poller's timeout".to_owned()
+            } else {
+                e.message().to_owned()
+            },
         };
         let refspecs: Vec<String> = names.iter().map(|n| format!("+{n}:{n}")).collect();
         let mut remote = self
             .repo
             .remote_anonymous(&location.url)
             .map_err(fetch_error)?;
+        let mut callbacks = credentials.callbacks();
+        callbacks
+            .transfer_progress(|_| Instant::now() < deadline)
+            .sideband_progress(|_| Instant::now() < deadline);
         let mut options = FetchOptions::new();
         options
-            .remote_callbacks(credentials.callbacks())
+            .remote_callbacks(callbacks)
             .proxy_options(proxy_options())
             .download_tags(AutotagOption::None)
             .prune(FetchPrune::Off)
@@ -129,6 +151,121 @@ impl Mirror {
             reference.delete().map_err(mirror_error)?;
         }
         Ok(())
+    }
+}
+
+impl Mirror {
+    /// How many packs the mirror holds.
+    pub(crate) fn pack_count(&self) -> usize {
+        packs(&self.path).len()
+    }
+
+    /// Merges every pack but the largest into one new pack, and deletes them: the
+    /// mirror then holds two packs, and the work is proportional to the small packs,
+    /// not to the repository. (libgit2 has no repack; its pack builder writes the new
+    /// pack, from the object ids the small packs' indexes list.)
+    pub(crate) fn compact(&self) -> Result<(), GitError> {
+        let mirror_error = |e: git2::Error| GitError::mirror(&self.path, e);
+        let mut packs = packs(&self.path);
+        packs.sort_by_key(|pack| std::fs::metadata(pack).map_or(0, |m| m.len()));
+        packs.pop();
+        if packs.len() < 2 {
+            return Ok(());
+        }
+        let mut builder = self.repo.packbuilder().map_err(mirror_error)?;
+        for pack in &packs {
+            let index = pack.with_extension("idx");
+            let ids = index_ids(&index).map_err(|e| GitError::mirror(&index, e))?;
+            for id in ids {
+                builder.insert_object(id, None).map_err(mirror_error)?;
+            }
+        }
+        builder
+            .write(&self.path.join("objects/pack"), 0)
+            .map_err(mirror_error)?;
+        for pack in &packs {
+            for extension in ["pack", "idx", "rev", "keep"] {
+                let file = pack.with_extension(extension);
+                match std::fs::remove_file(&file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(GitError::mirror(&file, e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mirror's pack files.
+fn packs(mirror: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(mirror.join("objects/pack"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "pack"))
+        .collect()
+}
+
+/// The object ids a pack index (version 2) lists.
+fn index_ids(index: &Path) -> std::io::Result<Vec<Oid>> {
+    let bytes = std::fs::read(index)?;
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a version 2 pack index",
+        )
+    };
+    if bytes.get(..8) != Some(b"\xfftOc\0\0\0\x02".as_slice()) {
+        return Err(bad());
+    }
+    // After the header, 256 fan-out counts; the last is the number of objects.
+    let count_at = 8 + 255 * 4;
+    let count = bytes
+        .get(count_at..count_at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(bad)?;
+    let ids = bytes
+        .get(8 + 256 * 4..8 + 256 * 4 + count * 20)
+        .ok_or_else(bad)?;
+    ids.chunks(20)
+        .map(|id| Oid::from_bytes(id).map_err(|_| bad()))
+        .collect()
+}
+
+/// Removes the lock files a fetch killed mid-way leaves (`refs/heads/x.lock`,
+/// `packed-refs.lock`, `config.lock`, ...): libgit2 refuses to update what they lock.
+/// Only this process uses the mirror, so any lock in it is stale.
+fn remove_stale_locks(path: &Path, log: &LogContext<'_>) {
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && (dir == path || file.starts_with(path.join("refs"))) {
+                if file.file_name().is_some_and(|n| n != "objects") {
+                    stack.push(file);
+                }
+            } else if file.extension().is_some_and(|e| e == "lock") {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => tracing::warn!(
+                        poller = log.poller,
+                        repo = log.repo,
+                        lock = %file.display(),
+                        "removed a lock file an interrupted fetch left in the mirror"
+                    ),
+                    Err(error) => tracing::warn!(
+                        poller = log.poller,
+                        repo = log.repo,
+                        lock = %file.display(),
+                        %error,
+                        "cannot remove a stale lock file in the mirror"
+                    ),
+                }
+            }
+        }
     }
 }
 

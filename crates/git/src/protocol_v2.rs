@@ -8,12 +8,16 @@
 //! This module speaks just enough of it: the capability advertisement, and one `ls-refs`
 //! command with `symrefs`, `peel` and `ref-prefix`. A server that answers in v0 is left
 //! to libgit2 ([`ListOutcome::NotV2`]). The socket has `TCP_NODELAY` (without it a v2
-//! exchange stalls on Nagle and delayed ACKs: 46 ms instead of 3 ms, measured here) and
-//! the same time limits as libgit2's transports.
+//! exchange stalls on Nagle and delayed ACKs: 46 ms instead of 3 ms, measured here).
+//!
+//! A remote is someone else's server: the whole exchange must end by its deadline (a
+//! server that trickles a byte at a time is cut off there, not at a per-read timeout it
+//! never hits), and a listing may be at most [`MAX_LISTING`] bytes (one that streams
+//! without end fails the poll instead of growing polld's memory).
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use git2::Oid;
 
@@ -29,26 +33,38 @@ pub(crate) enum ListOutcome {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PORT: u16 = 9418;
+/// The most a listing may send: 100,000 refs are about 6.6 MB.
+pub(crate) const MAX_LISTING: usize = 32 * 1024 * 1024;
 /// Largest pkt-line git allows (65520 bytes including the 4-byte length).
 const MAX_PKT: usize = 65520;
 
-/// Lists the refs under `prefixes` (and HEAD) of the `git://` repository at `url`.
-pub(crate) fn list_git_daemon(url: &str, prefixes: &[String]) -> Result<ListOutcome, String> {
+/// Lists the refs under `prefixes` (and HEAD) of the `git://` repository at `url`,
+/// giving up at `deadline`.
+pub(crate) fn list_git_daemon(
+    url: &str,
+    prefixes: &[String],
+    deadline: Instant,
+) -> Result<ListOutcome, String> {
     let (host, port, path) = split_git_url(url)?;
     let address = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host} has no address"))?;
-    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
+    let connect_within = CONNECT_TIMEOUT.min(remaining(deadline)?);
+    let stream = TcpStream::connect_timeout(&address, connect_within)
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     stream.set_nodelay(true).map_err(io)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(remaining(deadline)?))
+        .map_err(io)?;
     let mut writer = stream.try_clone().map_err(io)?;
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(Bounded {
+        stream,
+        deadline,
+        left: MAX_LISTING,
+    });
 
     let host_arg = if port == DEFAULT_PORT {
         host.clone()
@@ -169,9 +185,7 @@ enum Pkt {
 
 fn read_pkt(reader: &mut impl Read) -> Result<Pkt, String> {
     let mut length = [0u8; 4];
-    reader
-        .read_exact(&mut length)
-        .map_err(|e| format!("the server hung up: {e}"))?;
+    reader.read_exact(&mut length).map_err(read_error)?;
     let length = std::str::from_utf8(&length)
         .ok()
         .and_then(|hex| usize::from_str_radix(hex, 16).ok())
@@ -184,11 +198,17 @@ fn read_pkt(reader: &mut impl Read) -> Result<Pkt, String> {
         _ if length > MAX_PKT => Err(format!("pkt-line of {length} bytes is over git's limit")),
         _ => {
             let mut data = vec![0; length - 4];
-            reader
-                .read_exact(&mut data)
-                .map_err(|e| format!("the server hung up: {e}"))?;
+            reader.read_exact(&mut data).map_err(read_error)?;
             Ok(Pkt::Data(data))
         }
+    }
+}
+
+/// A failed read: the server hung up, or the deadline or the size limit ended it.
+fn read_error(error: std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::UnexpectedEof => format!("the server hung up: {error}"),
+        _ => error.to_string(),
     }
 }
 
@@ -212,6 +232,52 @@ fn server_error(line: &[u8]) -> String {
 
 fn io(error: std::io::Error) -> String {
     error.to_string()
+}
+
+/// The time left before `deadline`, or the error that says it passed.
+fn remaining(deadline: Instant) -> Result<Duration, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err("the listing did not finish within the poller's timeout".into());
+    }
+    Ok(left)
+}
+
+/// The socket as the listing reads it: every read ends by the deadline, and at most
+/// [`MAX_LISTING`] bytes are read in all.
+struct Bounded {
+    stream: TcpStream,
+    deadline: Instant,
+    left: usize,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let timed_out = |e: String| std::io::Error::new(std::io::ErrorKind::TimedOut, e);
+        let left = remaining(self.deadline).map_err(timed_out)?;
+        if self.left == 0 {
+            return Err(std::io::Error::other(format!(
+                "the listing is too large (more than {MAX_LISTING} bytes)"
+            )));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let wanted = buf.len().min(self.left);
+        let read = match self.stream.read(&mut buf[..wanted]) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out(
+                    "the listing did not finish within the poller's timeout".into(),
+                ));
+            }
+            other => other?,
+        };
+        self.left -= read;
+        Ok(read)
+    }
 }
 
 #[cfg(test)]
@@ -313,7 +379,12 @@ mod tests {
         }
 
         let url = format!("git://127.0.0.1:{port}/r.git");
-        let listed = list_git_daemon(&url, &["refs/heads/main".into(), "refs/tags/".into()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let listed = list_git_daemon(
+            &url,
+            &["refs/heads/main".into(), "refs/tags/".into()],
+            deadline,
+        );
         let _ = daemon.kill();
         let _ = daemon.wait();
         let ListOutcome::Listed { mut refs, head } = listed.unwrap() else {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use git2::{
     Cred, CredentialType, Direction, ErrorCode, Oid, ProxyOptions, Remote, RemoteCallbacks,
@@ -124,16 +125,20 @@ pub(crate) struct Advertisement {
 }
 
 /// Lists the remote's branches and tags (git's `ls-remote`), at least those under
-/// `prefixes` (and HEAD). Over `git://` this asks for just those with protocol v2;
-/// elsewhere libgit2 lists everything with protocol v0.
+/// `prefixes` (and HEAD). Over `git://` this asks for just those with protocol v2, and
+/// gives up at `deadline`; elsewhere libgit2 lists everything with protocol v0, bounded
+/// by its own connect and read timeouts.
 pub(crate) fn list(
     location: &Location,
     credentials: &Credentials,
     prefixes: &[String],
+    deadline: Instant,
     log: &LogContext<'_>,
 ) -> Result<Advertisement, GitError> {
     if location.transport == Transport::Git {
-        match protocol_v2::list_git_daemon(&location.url, prefixes).map_err(GitError::ListRefs)? {
+        let listed = protocol_v2::list_git_daemon(&location.url, prefixes, deadline)
+            .map_err(GitError::ListRefs)?;
+        match listed {
             ListOutcome::Listed { refs, head } => return Ok(advertisement(refs, head, log)),
             ListOutcome::NotV2 => {
                 tracing::debug!(

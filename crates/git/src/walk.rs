@@ -13,6 +13,7 @@ use std::collections::HashSet;
 
 use git2::{Commit, Delta, Oid, Repository, Sort};
 use polld_backend::NewChange;
+use polld_backend::limits::{self, Files, MAX_CHANGES_PER_POLL, MAX_FIELD_BYTES};
 
 use crate::LogContext;
 use crate::cursor::RefMap;
@@ -55,7 +56,24 @@ impl Moves<'_> {
     }
 }
 
-/// The changes for every moved ref, oldest first within each ref.
+/// What a walk found.
+pub(crate) struct Walked {
+    /// Oldest first within each ref, refs in [`Moves::report_order`].
+    pub(crate) changes: Vec<NewChange>,
+    /// Set when [`MAX_CHANGES_PER_POLL`] was reached before every ref was walked.
+    pub(crate) stopped: Option<Stopped>,
+}
+
+/// Where a walk stopped: the cursor must say so, so the next poll goes on from there.
+pub(crate) struct Stopped {
+    /// The ref being walked, and its last commit that was reported (`None`: none was).
+    pub(crate) at: (String, Option<Oid>),
+    /// The refs not walked at all.
+    pub(crate) not_walked: Vec<String>,
+}
+
+/// The changes for every moved ref, oldest first within each ref, at most
+/// [`MAX_CHANGES_PER_POLL`] of them.
 ///
 /// Every object named in `moves.new` must already be in the mirror.
 pub(crate) fn changes(
@@ -63,7 +81,7 @@ pub(crate) fn changes(
     moves: &Moves<'_>,
     build_pushes_with_no_commits: bool,
     log: &LogContext<'_>,
-) -> Result<Vec<NewChange>, GitError> {
+) -> Result<Walked, GitError> {
     let repo = mirror.repo();
     // Heads of deleted branches count too: their commits were reported already.
     let mut known: Vec<Oid> = Vec::new();
@@ -89,8 +107,9 @@ pub(crate) fn changes(
     }
     let mut reported: HashSet<Oid> = HashSet::new();
     let mut changes = Vec::new();
+    let order = moves.report_order();
 
-    for name in moves.report_order() {
+    for (position, &name) in order.iter().enumerate() {
         let Some(&tip) = moves.new.get(name) else {
             continue;
         };
@@ -136,22 +155,38 @@ pub(crate) fn changes(
             first_parent_walk(repo, tip, &known).map_err(history_error)?
         };
 
-        let mut fresh = new_commits
+        let fresh: Vec<Oid> = new_commits
             .into_iter()
             .filter(|oid| reported.insert(*oid))
-            .peekable();
-        if fresh.peek().is_none() {
-            if build_pushes_with_no_commits {
-                changes.push(new_change(repo, tip, branch).map_err(history_error)?);
-            }
-        } else {
-            for oid in fresh {
+            .collect();
+        let mut to_report = fresh.clone();
+        if fresh.is_empty() && build_pushes_with_no_commits {
+            to_report.push(tip);
+        }
+        let room = MAX_CHANGES_PER_POLL - changes.len();
+        if to_report.len() > room {
+            // Oldest first: report what fits and stop at the last of it.
+            for &oid in &to_report[..room] {
                 changes.push(new_change(repo, oid, branch).map_err(history_error)?);
             }
+            let last = room.checked_sub(1).map(|i| to_report[i]);
+            return Ok(Walked {
+                changes,
+                stopped: Some(Stopped {
+                    at: (name.clone(), last),
+                    not_walked: order[position + 1..].iter().map(|n| (*n).clone()).collect(),
+                }),
+            });
+        }
+        for oid in to_report {
+            changes.push(new_change(repo, oid, branch).map_err(history_error)?);
         }
         known.push(tip);
     }
-    Ok(changes)
+    Ok(Walked {
+        changes,
+        stopped: None,
+    })
 }
 
 /// `git rev-list --first-parent --topo-order --reverse tip ^hidden...`
@@ -185,52 +220,60 @@ fn branch_name(full_name: &str) -> &str {
     full_name.strip_prefix(HEADS).unwrap_or(full_name)
 }
 
-/// One commit as a change. Names, messages and paths that are not UTF-8 (git stores
-/// bytes, and ignores the commit's `encoding` header for paths) are converted lossily,
-/// invalid sequences becoming U+FFFD: the record is JSON and must be text.
+/// One commit as a change, cut to polld's limits as it is read. Names, messages and
+/// paths that are not UTF-8 (git stores bytes, and ignores the commit's `encoding`
+/// header for paths) are converted lossily, invalid sequences becoming U+FFFD: the
+/// record is JSON and must be text.
 fn new_change(repo: &Repository, oid: Oid, branch: &str) -> Result<NewChange, git2::Error> {
     let commit = repo.find_commit(oid)?;
+    let message = commit.message_bytes();
+    let (files, files_total) = changed_files(repo, &commit)?.into_parts();
     Ok(NewChange {
         branch: Some(branch.to_owned()),
         revision: oid.to_string(),
         author: person(&commit.author()),
         committer: Some(person(&commit.committer())),
-        comments: String::from_utf8_lossy(commit.message_bytes())
-            .trim_end()
-            .to_owned(),
-        files: changed_files(repo, &commit)?,
+        comments: limits::cut_message(message, message.len()),
+        files,
+        files_total,
         when_timestamp: commit.committer().when().seconds(),
         project: None,
     })
 }
 
 fn person(signature: &git2::Signature<'_>) -> String {
-    format!(
+    let name = &signature.name_bytes()[..signature.name_bytes().len().min(MAX_FIELD_BYTES)];
+    let email = &signature.email_bytes()[..signature.email_bytes().len().min(MAX_FIELD_BYTES)];
+    limits::cut_field(format!(
         "{} <{}>",
-        String::from_utf8_lossy(signature.name_bytes()),
-        String::from_utf8_lossy(signature.email_bytes())
-    )
+        String::from_utf8_lossy(name),
+        String::from_utf8_lossy(email)
+    ))
 }
 
 /// Paths changed against the first parent (a merge shows what it brought to the
 /// branch; a root commit shows everything). A deleted file is listed by its old path.
-fn changed_files(repo: &Repository, commit: &Commit<'_>) -> Result<Vec<String>, git2::Error> {
+fn changed_files(repo: &Repository, commit: &Commit<'_>) -> Result<Files, git2::Error> {
     let parent_tree = match commit.parent_count() {
         0 => None,
         _ => Some(commit.parent(0)?.tree()?),
     };
     let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&commit.tree()?), None)?;
-    Ok(diff
-        .deltas()
-        .filter_map(|delta| {
-            let file = match delta.status() {
-                Delta::Deleted => delta.old_file(),
-                _ => delta.new_file(),
-            };
-            file.path_bytes()
-                .map(|path| String::from_utf8_lossy(path).into_owned())
-        })
-        .collect())
+    let mut files = Files::default();
+    for delta in diff.deltas() {
+        if files.is_full() {
+            files.count();
+            continue;
+        }
+        let file = match delta.status() {
+            Delta::Deleted => delta.old_file(),
+            _ => delta.new_file(),
+        };
+        if let Some(path) = file.path_bytes() {
+            files.push(String::from_utf8_lossy(path).into_owned());
+        }
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! branch moves its heads like any commit does.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
@@ -104,30 +105,47 @@ pub(crate) struct HttpAuth<'a> {
     pub(crate) password: Option<&'a str>,
 }
 
-/// The http(s) wire-protocol client: one per poller, so connections are reused.
-#[derive(Debug, Clone)]
+/// The most a wire-protocol answer may be: a branchmap of 100,000 heads is about 4 MB.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// The http(s) wire-protocol client: one per poller, built at its first poll (building
+/// one loads the system's root certificates, which `polld check` need not do).
+#[derive(Debug)]
 pub(crate) struct WireClient {
-    client: reqwest::Client,
+    timeout: Duration,
+    client: OnceLock<reqwest::Client>,
 }
 
 impl WireClient {
-    pub(crate) fn new(timeout: Duration) -> Result<WireClient, String> {
+    /// A client whose every request ends within `timeout`, whatever the server sends.
+    pub(crate) fn new(timeout: Duration) -> WireClient {
+        WireClient {
+            timeout,
+            client: OnceLock::new(),
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, HgError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         // No idle connections are kept: at polling intervals a server has closed them
         // anyway, and a reused connection to `hg serve` (Python's http.server, which
         // writes headers and body separately) stalls 40 ms per request on Nagle plus
         // delayed ACK, where a fresh one answers in 1-2 ms.
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
-            .connect_timeout(timeout.min(Duration::from_secs(30)))
-            .timeout(timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(30)))
+            .timeout(self.timeout)
             .build()
-            .map_err(|e| {
-                format!(
+            .map_err(|e| HgError::Http {
+                url: String::new(),
+                message: format!(
                     "cannot set up an HTTP client: {}",
                     polld_backend::one_line(&e)
-                )
+                ),
             })?;
-        Ok(WireClient { client })
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// Asks for the branchmap (when `branches`) and the bookmarks (when `bookmarks`).
@@ -166,7 +184,7 @@ impl WireClient {
             message: polld_backend::one_line(&e.without_url()),
         };
         let mut request = self
-            .client
+            .client()?
             .get(url.clone())
             // What hg itself sends: some servers route on them.
             .header(ACCEPT, "application/mercurial-0.1")
@@ -174,7 +192,7 @@ impl WireClient {
         if let Some(auth) = auth {
             request = request.basic_auth(auth.username, auth.password);
         }
-        let response = request.send().await.map_err(http_error)?;
+        let mut response = request.send().await.map_err(http_error)?;
         let status = response.status();
         let is_hg = response
             .headers()
@@ -187,7 +205,18 @@ impl WireClient {
                 status: status.to_string(),
             });
         }
-        Ok(response.bytes().await.map_err(http_error)?.to_vec())
+        // Read as it arrives, no further than the limit: a server may send without end.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(HgError::Protocol {
+                    what: "wire-protocol",
+                    detail: format!("the answer of {shown} is larger than {MAX_ANSWER} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 

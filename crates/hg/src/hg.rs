@@ -43,6 +43,10 @@ pub(crate) struct Hg {
     /// The working directory: a directory polld owns, so that no repository is found
     /// by walking up from the daemon's own working directory.
     pub(crate) workdir: PathBuf,
+    /// Where the rc files that carry a password live while a command runs: the state
+    /// directory's secrets directory, emptied when polld starts, so a crash (`kill -9`
+    /// during a pull) leaves none behind for long.
+    pub(crate) secrets_dir: PathBuf,
 }
 
 impl Hg {
@@ -92,12 +96,14 @@ impl Hg {
     }
 
     async fn secret_rc_file(&self, extra: &str) -> Result<tempfile::NamedTempFile, HgError> {
-        let io = |source| HgError::mirror(Path::new("(private temp rc)"), source);
-        // tempfile creates it 0600 in the system temp dir, not in the state dir, and
-        // deletes it on drop.
+        let io = |source| HgError::mirror(Path::new("(private rc with credentials)"), source);
+        let mut builder = tokio::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder.create(&self.secrets_dir).await.map_err(io)?;
+        // Created 0600, deleted on drop.
         let file = tempfile::Builder::new()
-            .prefix("polld-hg-auth-")
-            .tempfile()
+            .prefix("hg-auth-")
+            .tempfile_in(&self.secrets_dir)
             .map_err(io)?;
         let mut writer = tokio::fs::File::from_std(file.reopen().map_err(io)?);
         writer

@@ -41,7 +41,6 @@ mod walk;
 mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use polld_backend::{Backend, Poller, PollerContext, Refusal, StringList};
 use serde::Deserialize;
@@ -59,41 +58,13 @@ pub(crate) struct LogContext<'a> {
     pub(crate) repo: &'a str,
 }
 
-/// How long each kind of remote or local operation may take before the poll fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// Listing the remote's heads (the HTTP requests, or `hg polld-heads`).
-    pub check: Duration,
-    /// `hg pull` into the mirror (the first one may fetch a whole repository).
-    pub pull: Duration,
-    /// `hg init` and `hg log` on the mirror.
-    pub local: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            check: Duration::from_secs(60),
-            pull: Duration::from_secs(600),
-            local: Duration::from_secs(120),
-        }
-    }
-}
-
 /// The Mercurial backend; register it with `registry.register(HgBackend::new())`.
-#[derive(Debug, Clone, Default)]
-pub struct HgBackend {
-    timeouts: Timeouts,
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HgBackend;
 
 impl HgBackend {
     pub fn new() -> HgBackend {
-        HgBackend::default()
-    }
-
-    /// The same backend with other time limits (tests use short ones).
-    pub fn with_timeouts(timeouts: Timeouts) -> HgBackend {
-        HgBackend { timeouts }
+        HgBackend
     }
 }
 
@@ -129,11 +100,11 @@ impl Backend for HgBackend {
         let watch = Watch::new(&branches.0, &config.bookmarks.0)?;
         let auth = auth_config(&config, &location)?;
         let wire = match location.transport {
-            Transport::Http(_) => Some(WireClient::new(self.timeouts.check)?),
+            Transport::Http(_) => Some(WireClient::new(context.timeout)),
             _ => None,
         };
-        let mirror =
-            Mirror::new(context.mirror_dir, self.timeouts).map_err(|e| scrub(e.to_string()))?;
+        let mirror = Mirror::new(context.mirror_dir, context.secrets_dir, context.timeout)
+            .map_err(|e| scrub(e.to_string()))?;
         Ok(Arc::new(HgPoller::new(
             Settings {
                 name: context.name,

@@ -15,8 +15,8 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::Timeouts;
 use crate::error::HgError;
 use crate::heads::is_node;
 use crate::hg::{Hg, Invocation};
@@ -37,9 +37,11 @@ pub(crate) struct Changeset {
 }
 
 /// NUL-terminated fields (hg forbids NUL in every one of them, and newlines in paths),
-/// description last. `date|hgdate` is `<unix seconds> <tz offset>`.
+/// description last. `date|hgdate` is `<unix seconds> <tz offset>`. `polldcut` (polld's
+/// extension) cuts a description at 64 KiB inside hg, so a 20 MB message never reaches
+/// polld whole.
 const TEMPLATE: &str = "{node}\\0{branch}\\0{author}\\0{date|hgdate}\\0{p1node}\\0{p2node}\\0\
-{join(file_adds, '\\n')}\\0{join(file_mods, '\\n')}\\0{join(file_dels, '\\n')}\\0{desc}\\0";
+{join(file_adds, '\\n')}\\0{join(file_mods, '\\n')}\\0{join(file_dels, '\\n')}\\0{desc|polldcut}\\0";
 const FIELDS: usize = 10;
 const NULL_NODE: &str = "0000000000000000000000000000000000000000";
 
@@ -47,13 +49,18 @@ pub(crate) struct Mirror {
     dir: PathBuf,
     repo: PathBuf,
     hg: Hg,
-    timeouts: Timeouts,
+    /// The deadline of each hg command.
+    timeout: Duration,
     /// The rc and the extension are known to be on disk with the right content.
     prepared: AtomicBool,
 }
 
 impl Mirror {
-    pub(crate) fn new(dir: PathBuf, timeouts: Timeouts) -> Result<Mirror, HgError> {
+    pub(crate) fn new(
+        dir: PathBuf,
+        secrets_dir: PathBuf,
+        timeout: Duration,
+    ) -> Result<Mirror, HgError> {
         let rc = dir.join("hgrc");
         let extension = dir.join("polld_heads.py");
         let shown = rc.display().to_string();
@@ -76,9 +83,10 @@ impl Mirror {
                 rc,
                 rc_text,
                 workdir: dir.clone(),
+                secrets_dir,
             },
             dir,
-            timeouts,
+            timeout,
             prepared: AtomicBool::new(false),
         })
     }
@@ -142,7 +150,7 @@ impl Mirror {
         hg.run(Invocation {
             command: "init",
             args: vec!["init".into(), "--".into(), self.repo.clone().into()],
-            timeout: self.timeouts.local,
+            timeout: self.timeout,
             secret_rc: None,
         })
         .await?;
@@ -155,10 +163,30 @@ impl Mirror {
         hg.run(Invocation {
             command: "polld-heads",
             args: vec!["polld-heads".into(), "--".into(), source.into()],
-            timeout: self.timeouts.check,
+            timeout: self.timeout,
             secret_rc: None,
         })
         .await
+    }
+
+    /// `hg recover` if a transaction was interrupted (a pull killed at its deadline, at
+    /// shutdown, or with the daemon): until it is rolled back, every pull fails with
+    /// "abandoned transaction found".
+    async fn recover(&self) -> Result<(), HgError> {
+        let journal = self.repo.join(".hg").join("store").join("journal");
+        if !tokio::fs::try_exists(&journal).await.unwrap_or(false) {
+            return Ok(());
+        }
+        tracing::warn!(mirror = %self.repo.display(), "an interrupted pull left the mirror mid-transaction; rolling it back (hg recover)");
+        let hg = self.hg().await?;
+        hg.run(Invocation {
+            command: "recover",
+            args: vec!["recover".into(), "-R".into(), self.repo.clone().into()],
+            timeout: self.timeout,
+            secret_rc: None,
+        })
+        .await?;
+        Ok(())
     }
 
     /// Which of `nodes` the mirror has.
@@ -166,7 +194,9 @@ impl Mirror {
         if nodes.is_empty() {
             return Ok(HashSet::new());
         }
-        let out = self.log(&any_of(nodes), "{node}\\n").await?;
+        let out = self
+            .log("polldnodes(present)", "{node}\\n", &[("present", nodes)])
+            .await?;
         Ok(String::from_utf8_lossy(&out)
             .lines()
             .filter(|line| is_node(line))
@@ -174,7 +204,8 @@ impl Mirror {
             .collect())
     }
 
-    /// `hg pull -r <node>... -- SOURCE`.
+    /// `hg pull -r <node>... -- SOURCE`, after rolling back what a pull killed mid-way
+    /// left (hg's journal), which would make this one fail.
     pub(crate) async fn pull(
         &self,
         source: &str,
@@ -182,6 +213,7 @@ impl Mirror {
         secret_rc: Option<&str>,
     ) -> Result<(), HgError> {
         let hg = self.hg().await?;
+        self.recover().await?;
         let mut args: Vec<OsString> = vec!["pull".into(), "-q".into(), "-R".into()];
         args.push(self.repo.clone().into());
         for node in nodes {
@@ -193,7 +225,7 @@ impl Mirror {
         hg.run(Invocation {
             command: "pull",
             args,
-            timeout: self.timeouts.pull,
+            timeout: self.timeout,
             secret_rc,
         })
         .await?;
@@ -210,11 +242,10 @@ impl Mirror {
         if old.is_empty() {
             return Ok(Vec::new());
         }
-        let template = format!(
-            "{{node}} {{ifcontains(rev, revset('::({})'), 'kept', 'gone')}}\\n",
-            any_of(new)
-        );
-        let out = self.log(&any_of(old), &template).await?;
+        let template = "{node} {ifcontains(rev, revset('::polldnodes(new)'), 'kept', 'gone')}\\n";
+        let out = self
+            .log("polldnodes(old)", template, &[("old", old), ("new", new)])
+            .await?;
         String::from_utf8_lossy(&out)
             .lines()
             .map(|line| match line.split_once(' ') {
@@ -247,7 +278,7 @@ impl Mirror {
             .run(Invocation {
                 command: "status",
                 args,
-                timeout: self.timeouts.local,
+                timeout: self.timeout,
                 secret_rc: None,
             })
             .await?;
@@ -270,8 +301,13 @@ impl Mirror {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let revset = format!("::({}) - ::({})", any_of(new), any_of(known));
-        let out = self.log(&revset, TEMPLATE).await?;
+        let out = self
+            .log(
+                "::polldnodes(new) - ::polldnodes(known)",
+                TEMPLATE,
+                &[("new", new), ("known", known)],
+            )
+            .await?;
         parse_changesets(&out)
     }
 
@@ -280,13 +316,36 @@ impl Mirror {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
-        parse_changesets(&self.log(&any_of(nodes), TEMPLATE).await?)
+        parse_changesets(
+            &self
+                .log("polldnodes(new)", TEMPLATE, &[("new", nodes)])
+                .await?,
+        )
     }
 
-    async fn log(&self, revset: &str, template: &str) -> Result<Vec<u8>, HgError> {
+    /// `hg log -r REVSET -T TEMPLATE` on the mirror, the revset's `polldnodes(NAME)`
+    /// being the named lists of `nodes` (written to a file hg reads: thousands of hashes
+    /// do not fit in one argument). Every node was checked by [`crate::heads::is_node`].
+    async fn log(
+        &self,
+        revset: &str,
+        template: &str,
+        nodes: &[(&str, &[&str])],
+    ) -> Result<Vec<u8>, HgError> {
         let hg = self.hg().await?;
+        let lists: serde_json::Map<String, serde_json::Value> = nodes
+            .iter()
+            .map(|(name, list)| ((*name).to_owned(), serde_json::json!(list)))
+            .collect();
+        let file = self.dir.join("nodes.json");
+        let text = serde_json::to_vec(&lists).map_err(|e| HgError::mirror(&file, e.into()))?;
+        tokio::fs::write(&file, text)
+            .await
+            .map_err(|e| HgError::mirror(&file, e))?;
         let args: Vec<OsString> = vec![
             "log".into(),
+            "--config".into(),
+            format!("polld.nodes={}", file.display()).into(),
             "-R".into(),
             self.repo.clone().into(),
             "--hidden".into(),
@@ -298,23 +357,11 @@ impl Mirror {
         hg.run(Invocation {
             command: "log",
             args,
-            timeout: self.timeouts.local,
+            timeout: self.timeout,
             secret_rc: None,
         })
         .await
     }
-}
-
-/// A revset for exactly these nodes (`id()` of an unknown node is empty, not an error).
-/// Every node was checked by [`crate::heads::is_node`].
-fn any_of(nodes: &[&str]) -> String {
-    let mut revset = String::from("none()");
-    for node in nodes {
-        revset.push_str(" or id(");
-        revset.push_str(node);
-        revset.push(')');
-    }
-    revset
 }
 
 fn parse_changesets(out: &[u8]) -> Result<Vec<Changeset>, HgError> {
@@ -397,11 +444,5 @@ mod tests {
         assert!(parse_changesets(b"").unwrap().is_empty());
         assert!(parse_changesets(b"x\0y\0").is_err());
         assert!(parse_changesets(b"trailing").is_err());
-    }
-
-    #[test]
-    fn builds_revsets_from_hashes_only() {
-        assert_eq!(any_of(&[]), "none()");
-        assert_eq!(any_of(&["ab", "cd"]), "none() or id(ab) or id(cd)");
     }
 }

@@ -38,3 +38,51 @@ def polld_heads(ui, source):
     ui.write(b'\0')
     for name, node in sorted(bookmarks.items()):
         ui.write(b'%s\t%s\n' % (name, node))
+
+
+# `polldnodes(NAME)` is the changesets whose full hashes are listed under NAME in the
+# JSON file that `--config polld.nodes=PATH` names: how polld hands hg thousands of
+# hashes, which would not fit in one command-line argument as `id(...) or id(...)`.
+# Hashes the repository does not have are left out, as `id()` leaves them out.
+revsetpredicate = registrar.revsetpredicate()
+
+
+@revsetpredicate(b'polldnodes(NAME)', safe=True)
+def polld_nodes(repo, subset, x):
+    import json
+
+    from mercurial import revsetlang, smartset
+    from mercurial.node import bin
+
+    name = revsetlang.getstring(x, b'polldnodes needs a name').decode('ascii')
+    path = repo.ui.config(b'polld', b'nodes')
+    with open(path, 'rb') as lists:
+        hashes = json.load(lists).get(name, [])
+    index = repo.changelog.index
+    revs = set()
+    for node in hashes:
+        rev = index.get_rev(bin(node.encode('ascii')))
+        if rev is not None:
+            revs.add(rev)
+    return subset & smartset.baseset(sorted(revs))
+
+
+# `{desc|polldcut}`: a description cut to polld's 64 KiB, saying its full size, so a
+# 20 MB message never reaches polld whole.
+templatefilter = registrar.templatefilter()
+
+POLLD_MAX_MESSAGE = 64 * 1024
+
+
+@templatefilter(b'polldcut', intype=bytes)
+def polld_cut(text):
+    if len(text) <= POLLD_MAX_MESSAGE:
+        return text
+    cut = text[:POLLD_MAX_MESSAGE]
+    # At a character boundary: drop a trailing partial UTF-8 sequence.
+    cut = cut.decode('utf-8', 'ignore').encode('utf-8')
+    return b'%s\n\n[polld: message cut at %d of %d bytes]' % (
+        cut.rstrip(),
+        POLLD_MAX_MESSAGE,
+        len(text),
+    )

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use polld_backend::limits::Files;
 use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
 
 use crate::LogContext;
@@ -231,7 +232,11 @@ impl HgPoller {
             .collect();
         for change in changes.iter_mut() {
             if merges.contains(change.revision.as_str()) {
-                change.files = self.mirror.files_against_p1(&change.revision).await?;
+                let mut files = Files::default();
+                for file in self.mirror.files_against_p1(&change.revision).await? {
+                    files.push(file);
+                }
+                (change.files, change.files_total) = files.into_parts();
             }
         }
         tracing::debug!(

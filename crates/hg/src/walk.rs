@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 
 use polld_backend::NewChange;
+use polld_backend::limits::{self, Files};
 
 use crate::LogContext;
 use crate::cursor::State;
@@ -166,13 +167,19 @@ fn reachable(fresh: &[Changeset], position: &HashMap<&str, usize>, heads: &[&str
 }
 
 fn new_change(changeset: &Changeset, name: &str) -> NewChange {
+    let mut files = Files::default();
+    for file in &changeset.files {
+        files.push(file.clone());
+    }
+    let (files, files_total) = files.into_parts();
     NewChange {
         branch: Some(name.to_owned()),
         revision: changeset.node.clone(),
-        author: changeset.author.clone(),
+        author: limits::cut_field(changeset.author.clone()),
         committer: None,
-        comments: changeset.desc.clone(),
-        files: changeset.files.clone(),
+        comments: limits::cut_message(changeset.desc.as_bytes(), changeset.desc.len()),
+        files,
+        files_total,
         when_timestamp: changeset.when,
         project: None,
     }

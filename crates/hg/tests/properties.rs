@@ -12,7 +12,7 @@
 //!   merges, any text) comes back as exactly the changes it describes, oldest first;
 //! - whatever bytes any command prints, the poll ends (bounded time) without a panic,
 //!   an advanced cursor holds only full hashes, every reported revision is a full
-//!   hash, and nothing but full hashes ever reaches a revset.
+//!   hash, and nothing but the fixed `polldnodes` revsets ever reaches hg.
 //!
 //! This binary changes PATH (once, before the first poll), so it holds only these
 //! tests; a mutex serialises them, because they share the fake's files.
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use polld_backend::{
     Backend, Cursor, NewChange, PollError, PollOutcome, Poller, PollerContext, StringList,
 };
-use polld_hg::{HgBackend, HgConfig, Timeouts};
+use polld_hg::{HgBackend, HgConfig};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
@@ -74,22 +74,19 @@ impl Fake {
     /// A fresh poller (its own mirror directory) watching `config`'s names.
     fn poller(&self, config: HgConfig) -> Result<(Arc<dyn Poller>, TempDir), TestCaseError> {
         let state = tempfile::tempdir_in(self.dir.path()).unwrap();
-        let timeout = Duration::from_secs(20);
-        let poller = HgBackend::with_timeouts(Timeouts {
-            check: timeout,
-            pull: timeout,
-            local: timeout,
-        })
-        .build(
-            PollerContext {
-                name: "p".into(),
-                repo: "/srv/fake-hg".into(),
-                config_dir: state.path().to_path_buf(),
-                mirror_dir: state.path().join("mirrors").join("p"),
-            },
-            config,
-        )
-        .map_err(|e| TestCaseError::fail(format!("build: {e}")))?;
+        let poller = HgBackend::new()
+            .build(
+                PollerContext {
+                    name: "p".into(),
+                    repo: "/srv/fake-hg".into(),
+                    config_dir: state.path().to_path_buf(),
+                    mirror_dir: state.path().join("mirrors").join("p"),
+                    secrets_dir: state.path().join("secrets"),
+                    timeout: Duration::from_secs(20),
+                },
+                config,
+            )
+            .map_err(|e| TestCaseError::fail(format!("build: {e}")))?;
         Ok((poller, state))
     }
 
@@ -188,19 +185,14 @@ fn is_node(text: &str) -> bool {
     text.len() == 40 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A revset made only of `none()`, `id(<full hash>)`, `or`, `::`, `-` and parentheses.
+/// A revset made only of `polldnodes(<list>)` (the lists are files of checked hashes),
+/// `::`, `-` and parentheses.
 fn is_safe_revset(revset: &str) -> bool {
     let mut rest = revset.to_owned();
-    while let Some(start) = rest.find("id(") {
-        let hash = rest.get(start + 3..start + 43).unwrap_or_default();
-        if !is_node(hash) || rest.get(start + 43..start + 44) != Some(")") {
-            return false;
-        }
-        rest.replace_range(start..start + 44, "");
+    for list in ["new", "known", "old", "present"] {
+        rest = rest.replace(&format!("polldnodes({list})"), "");
     }
-    rest.replace("none()", "")
-        .chars()
-        .all(|c| " or:-()".contains(c))
+    rest.chars().all(|c| " :-()".contains(c))
 }
 
 /// The invariants of any poll, whatever hg printed (the poll ending in time is
@@ -575,6 +567,7 @@ fn expected_changes(walk: &Walk) -> Vec<NewChange> {
                 committer: None,
                 comments: cs.desc.trim_end().to_owned(),
                 files,
+                files_total: None,
                 when_timestamp: cs.seconds,
                 project: None,
             }

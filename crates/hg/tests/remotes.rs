@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use polld_backend::PollOutcome;
+use polld_backend::{PollOutcome, PollerContext};
 use serde_json::json;
 
 fn mtimes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
@@ -147,7 +147,11 @@ async fn a_remote_that_never_answers_times_out() {
         format!("http://127.0.0.1:{port}/r"),
         format!("ssh://127.0.0.1:{port}/r"),
     ] {
-        let poller = build_with(short_timeouts(), fx.context(&repo), json!({})).unwrap();
+        let context = PollerContext {
+            timeout: Duration::from_millis(1500),
+            ..fx.context(&repo)
+        };
+        let poller = build(context, json!({})).unwrap();
         let started = Instant::now();
         let error = poller.poll(None).await.unwrap_err().to_string();
         assert!(

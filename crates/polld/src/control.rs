@@ -3,7 +3,8 @@
 //!
 //! POSTs need `Authorization: Bearer <token>` when `token_env` is set; the token is
 //! compared in constant time. Nothing here reads a request body, and query strings are
-//! bounded, so a client cannot make the daemon buffer much.
+//! bounded, so a client cannot make the daemon buffer much; connections are bounded in
+//! time and number by `http_server`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::status;
+use crate::{http_server, status};
 
 /// Longest request URI accepted (a `/notify?repo=` URL fits easily).
 const MAX_URI: usize = 4096;
@@ -67,14 +68,7 @@ pub async fn serve(
         .layer(middleware::from_fn(limit_uri))
         .with_state(shared);
     tracing::info!(%address, "control endpoint listening");
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "control endpoint stopped");
-        }
-    }))
+    Ok(tokio::spawn(http_server::serve(listener, app, shutdown)))
 }
 
 async fn limit_uri(request: Request, next: Next) -> Response {

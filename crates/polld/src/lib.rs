@@ -4,6 +4,7 @@
 //! is a `main` that registers more.
 
 mod control;
+mod http_server;
 mod logging;
 mod plugins;
 mod status;

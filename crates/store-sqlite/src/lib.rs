@@ -127,13 +127,19 @@ impl Database {
             os: None,
         })?;
         restrict_to_owner(&path);
+        // The WAL is truncated back to JOURNAL_SIZE_LIMIT after each checkpoint instead of
+        // staying as large as its largest burst.
         let setup = connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
-                 PRAGMA foreign_keys = ON;",
-            )
-            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(10)));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .and_then(|()| reclaim_space_incrementally(&connection))
+            .and_then(|()| {
+                connection.execute_batch(&format!(
+                    "PRAGMA journal_mode = WAL;
+                     PRAGMA synchronous = FULL;
+                     PRAGMA foreign_keys = ON;
+                     PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
+                ))
+            });
         if let Err(source) = setup {
             return Err(SqliteError::Open {
                 path,
@@ -158,6 +164,29 @@ impl Database {
         Ok(Database {
             connection: Arc::new(Mutex::new(connection)),
         })
+    }
+
+    /// Gives back the space of deleted rows (delivered changes) once at least a quarter
+    /// of the file is free, and truncates the WAL. A store never shrinks by itself:
+    /// without this, the outbox of one long outage would keep `state.db` at its size
+    /// for good.
+    pub fn upkeep(&self) -> Result<(), SqliteError> {
+        let connection = self.lock();
+        let pages: i64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        let free: i64 = connection.query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+        if free > 0 && free * 4 >= pages {
+            // SQLite frees one page per step of this pragma: step it to the end.
+            let mut statement = connection.prepare("PRAGMA incremental_vacuum")?;
+            let mut steps = statement.query([])?;
+            while steps.next()?.is_some() {}
+            tracing::info!(
+                freed_pages = free,
+                pages,
+                "state database: gave back the space of delivered changes"
+            );
+        }
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -453,6 +482,32 @@ impl StateLock {
     }
 }
 
+/// The most bytes the WAL keeps between checkpoints.
+const JOURNAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Makes free pages reclaimable by `PRAGMA incremental_vacuum` ([`Database::upkeep`]).
+/// A new database takes the setting before its first table and before it turns to WAL
+/// mode (SQLite ignores it after either); one created by polld 0.1
+/// (without it) is rewritten once with `VACUUM`, which a state database of cursors and
+/// a queue does in milliseconds.
+fn reclaim_space_incrementally(connection: &Connection) -> rusqlite::Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = connection.query_row("PRAGMA auto_vacuum", [], |row| row.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+    let tables: i64 = connection.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |row| row.get(0),
+    )?;
+    if tables > 0 {
+        connection.execute_batch("VACUUM;")?;
+    }
+    Ok(())
+}
+
 fn migrate(connection: &mut Connection, path: &Path) -> Result<(), SqliteError> {
     let open_error = |source| SqliteError::Open {
         path: path.to_path_buf(),
@@ -633,6 +688,10 @@ impl Store for SqliteStore {
     async fn queue_counts(&self) -> Result<HashMap<String, (u64, u64)>, StoreError> {
         self.run(Database::queue_counts).await
     }
+
+    async fn upkeep(&self) -> Result<(), StoreError> {
+        self.run(Database::upkeep).await
+    }
 }
 
 /// The SQLite store type; register it with `stores.register("sqlite", Sqlite)`.
@@ -681,6 +740,55 @@ mod tests {
         let store = SqliteStore::open(dir.path(), Access::Shared).unwrap();
         assert_eq!(store.cursors().await.unwrap()["app"].cursor, cursor);
         assert_eq!(store.peek("app", 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn upkeep_gives_back_the_space_of_a_delivered_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = || {
+            let file = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+            file("state.db") + file("state.db-wal")
+        };
+        let cursor = Cursor(serde_json::json!({"refs": {}}));
+        let store = SqliteStore::open(dir.path(), Access::Exclusive).unwrap();
+        store.upkeep().await.unwrap();
+        let empty = size();
+        // An outage's backlog: 5,000 changes with 4 KiB messages, then all delivered.
+        let mut change = polld_core::store::conformance::change("app", "a");
+        change.comments = "x".repeat(4096);
+        let changes = vec![change; 5_000];
+        store
+            .commit_poll("app", "git", &cursor, &changes)
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = store
+            .peek("app", 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|q| q.seq)
+            .collect();
+        store.acknowledge(&seqs).await.unwrap();
+        let backlog = size();
+        assert!(backlog > empty + 20_000_000, "{empty} -> {backlog}");
+        store.upkeep().await.unwrap();
+        let after = size();
+        assert!(after < empty + 1_000_000, "{empty} -> {backlog} -> {after}");
+        // A 0.1 store (no incremental vacuum) is converted when opened.
+        drop(store);
+        let old = tempfile::tempdir().unwrap();
+        {
+            let connection = Connection::open(old.path().join("state.db")).unwrap();
+            connection
+                .execute_batch(&format!("{} PRAGMA user_version = 1;", MIGRATIONS[0]))
+                .unwrap();
+        }
+        let reopened = Database::open(old.path()).unwrap();
+        let mode: i64 = reopened
+            .lock()
+            .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, 2);
     }
 
     #[test]

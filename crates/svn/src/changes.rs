@@ -7,7 +7,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::collections::HashSet;
+
 use polld_backend::NewChange;
+use polld_backend::limits::{Files, cut_field, cut_message};
 
 use crate::error::SvnError;
 use crate::log::LogEntry;
@@ -20,11 +23,14 @@ pub(crate) struct Context<'a> {
     pub(crate) splitter: &'a Splitter,
 }
 
-/// The files of one revision on one (project, branch).
+/// The files of one revision on one (project, branch): the first ones kept, all
+/// counted (`limits::Files`).
 struct Group {
     project: Option<String>,
     branch: Option<String>,
-    files: Vec<String>,
+    files: Files,
+    /// The kept files, to list each once.
+    seen: HashSet<String>,
 }
 
 /// The changes `entry` reports: none when no path of it lands anywhere.
@@ -41,20 +47,26 @@ pub(crate) fn from_entry(
         let Some(placed) = context.splitter.place(relative) else {
             continue;
         };
-        match groups
-            .iter_mut()
-            .find(|g| g.project == placed.project && g.branch == placed.branch)
+        let index = match groups
+            .iter()
+            .position(|g| g.project == placed.project && g.branch == placed.branch)
         {
-            Some(group) => {
-                if !group.files.contains(&placed.file) {
-                    group.files.push(placed.file);
-                }
+            Some(index) => index,
+            None => {
+                groups.push(Group {
+                    project: placed.project,
+                    branch: placed.branch,
+                    files: Files::default(),
+                    seen: HashSet::new(),
+                });
+                groups.len() - 1
             }
-            None => groups.push(Group {
-                project: placed.project,
-                branch: placed.branch,
-                files: vec![placed.file],
-            }),
+        };
+        let group = &mut groups[index];
+        if group.files.is_full() {
+            group.files.count();
+        } else if group.seen.insert(placed.file.clone()) {
+            group.files.push(placed.file);
         }
     }
     if groups.is_empty() {
@@ -66,24 +78,24 @@ pub(crate) fn from_entry(
     let author = entry
         .author
         .filter(|a| !a.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned());
-    let comments = entry
-        .message
-        .as_deref()
-        .unwrap_or_default()
-        .trim_end()
-        .to_owned();
+        .map_or_else(|| "unknown".to_owned(), cut_field);
+    let message = entry.message.unwrap_or_default();
+    let comments = cut_message(message.as_bytes(), message.len());
     Ok(groups
         .into_iter()
-        .map(|group| NewChange {
-            branch: group.branch,
-            revision: revision.clone(),
-            author: author.clone(),
-            committer: None,
-            comments: comments.clone(),
-            files: group.files,
-            when_timestamp,
-            project: group.project,
+        .map(|group| {
+            let (files, files_total) = group.files.into_parts();
+            NewChange {
+                branch: group.branch.map(cut_field),
+                revision: revision.clone(),
+                author: author.clone(),
+                committer: None,
+                comments: comments.clone(),
+                files,
+                files_total,
+                when_timestamp,
+                project: group.project.map(cut_field),
+            }
         })
         .collect())
 }
@@ -213,5 +225,29 @@ mod tests {
             ..entry(&["/a"])
         };
         assert!(from_entry(bad_date, &context).is_err());
+    }
+
+    #[test]
+    fn big_revisions_are_cut_and_counted() {
+        let paths: Vec<String> = (0..polld_backend::limits::MAX_FILES + 3)
+            .map(|i| format!("/trunk/f{i}"))
+            .collect();
+        let splitter = Splitter::new(&Split::Branches).unwrap();
+        let context = Context {
+            prefix: "",
+            splitter: &splitter,
+        };
+        let big = LogEntry {
+            message: Some("m".repeat(1_000_000)),
+            paths,
+            ..entry(&[])
+        };
+        let got = from_entry(big, &context).unwrap();
+        assert_eq!(got[0].files.len(), polld_backend::limits::MAX_FILES);
+        assert_eq!(
+            got[0].files_total,
+            Some(polld_backend::limits::MAX_FILES + 3)
+        );
+        assert!(got[0].comments.ends_with("of 1000000 bytes]"));
     }
 }

@@ -25,7 +25,7 @@
 //!   warns and falls back to C, only fails for such local paths.)
 //! - through polld's one child-process runner (`polld_backend::process`): a scrubbed
 //!   environment (no daemon secret reaches svn or its `ssh`), its own process group
-//!   killed whole (an `svn+ssh` tunnel included) at the deadline (120 s by default) or
+//!   killed whole (an `svn+ssh` tunnel included) at the deadline (the poller's `timeout`, 120 s by default) or
 //!   when the poll is dropped, and bounded output. So a server that accepts and never
 //!   answers cannot stall a poller forever. Server certificate failures are never
 //!   waved through (`--trust-server-cert-failures` is not used).
@@ -37,9 +37,6 @@ use polld_backend::process::Command;
 
 use crate::LogContext;
 use crate::error::SvnError;
-
-/// How long one svn run may take unless the backend was built with another timeout.
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What svn needs to log in; the password is read from the environment at each poll.
 #[derive(Clone, Default)]
@@ -65,12 +62,14 @@ pub(crate) struct Svn {
 
 impl Svn {
     /// Runs `svn <command>` with the fixed options above, then `options`, then `-- target`;
-    /// returns its stdout when it exits 0.
+    /// returns its stdout when it exits 0. An svn that prints more than `max_stdout`
+    /// bytes is killed (`ProcessError::TooMuchOutput`).
     pub(crate) async fn run(
         &self,
         command: &'static str,
         options: &[String],
         target: &str,
+        max_stdout: usize,
         login: &Login,
         log: &LogContext<'_>,
     ) -> Result<Vec<u8>, SvnError> {
@@ -98,7 +97,8 @@ impl Svn {
             .arg("--")
             .arg(target)
             .env("LC_ALL", "C.UTF-8")
-            .timeout(self.timeout);
+            .timeout(self.timeout)
+            .max_stdout(max_stdout);
 
         let started = Instant::now();
         let output = cmd

@@ -33,7 +33,6 @@ mod split;
 mod xml;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use polld_backend::{Backend, Poller, PollerContext, Refusal};
 use serde::Deserialize;
@@ -53,29 +52,14 @@ pub(crate) struct LogContext<'a> {
 }
 
 /// The Subversion backend; register it with `registry.register(SvnBackend::new())`.
-#[derive(Debug, Clone, Copy)]
-pub struct SvnBackend {
-    timeout: Duration,
-}
+/// Each `svn` run is given the poller's `timeout` before it is killed and the poll
+/// fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SvnBackend;
 
 impl SvnBackend {
-    /// Every `svn` run is given 120 s before it is killed and the poll fails.
     pub fn new() -> SvnBackend {
-        SvnBackend {
-            timeout: command::DEFAULT_TIMEOUT,
-        }
-    }
-
-    /// The same backend with another limit on each `svn` run (tests use a short one to
-    /// exercise a server that never answers).
-    pub fn with_timeout(timeout: Duration) -> SvnBackend {
-        SvnBackend { timeout }
-    }
-}
-
-impl Default for SvnBackend {
-    fn default() -> Self {
-        SvnBackend::new()
+        SvnBackend
     }
 }
 
@@ -108,7 +92,7 @@ impl Backend for SvnBackend {
         Ok(Arc::new(SvnPoller::new(Settings {
             svn: Svn {
                 config_dir: context.mirror_dir.join("svn-config"),
-                timeout: self.timeout,
+                timeout: context.timeout,
             },
             name: context.name,
             repo: context.repo,
@@ -164,6 +148,8 @@ mod tests {
                     repo: repo.into(),
                     config_dir: PathBuf::from("/etc/polld"),
                     mirror_dir: PathBuf::from("/var/lib/polld/mirrors/p"),
+                    secrets_dir: PathBuf::from("/var/lib/polld/secrets"),
+                    timeout: std::time::Duration::from_secs(120),
                 },
                 config,
             )

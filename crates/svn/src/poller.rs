@@ -1,6 +1,8 @@
 //! One svn poller: `svn info`, compare with the cursor, and only then `svn log`.
 
 use async_trait::async_trait;
+use polld_backend::limits::MAX_CHANGES_PER_POLL;
+use polld_backend::process::ProcessError;
 use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
 
 use crate::LogContext;
@@ -15,9 +17,23 @@ use crate::split::Splitter;
 
 /// Revisions asked for per `svn log` run. Pages keep each run's output, and so the
 /// memory of one poll's parsing, bounded however far behind the poller is; the loop
-/// keeps asking until it reaches the revision `svn info` reported, so nothing is
+/// keeps asking until it reaches the revision `svn info` reported (or has read
+/// [`MAX_CHANGES_PER_POLL`] changes, and the next poll follows at once), so nothing is
 /// skipped.
 const PAGE: u64 = 100;
+
+/// The most one `svn log` run may print. svn's output is read whole before it is parsed,
+/// so this is the memory one poll's log may take. A page that prints more is asked for
+/// again at half the size, down to one revision; a single revision that still prints
+/// more (a message of tens of megabytes) is read without its message.
+const MAX_LOG_BYTES: usize = 32 * 1024 * 1024;
+
+/// The most `svn info` may print: one short XML document.
+const MAX_INFO_BYTES: usize = 1024 * 1024;
+
+/// The comments of a revision read without its message.
+const MESSAGE_NOT_READ: &str =
+    "[polld: message not read: this revision's log is larger than 32 MiB]";
 
 pub(crate) struct Settings {
     pub(crate) name: String,
@@ -81,7 +97,14 @@ impl SvnPoller {
         let answer = self
             .settings
             .svn
-            .run("info", &[], &format!("{url}@"), login, &self.log())
+            .run(
+                "info",
+                &[],
+                &format!("{url}@"),
+                MAX_INFO_BYTES,
+                login,
+                &self.log(),
+            )
             .await?;
         let info = info::parse(&answer)?;
         let changes = match old {
@@ -106,7 +129,16 @@ impl SvnPoller {
                 );
                 Vec::new()
             }
-            Some(old) => self.read_log(old + 1, &info, login).await?,
+            Some(old) => {
+                let log = self.read_log(old + 1, &info, login).await?;
+                if let Some(last) = log.stopped_at {
+                    return Ok(PollOutcome::Partial {
+                        cursor: cursor::encode(last)?,
+                        changes: log.changes,
+                    });
+                }
+                log.changes
+            }
         };
         Ok(PollOutcome::Advanced {
             cursor: cursor::encode(info.last_changed)?,
@@ -114,14 +146,9 @@ impl SvnPoller {
         })
     }
 
-    /// Every revision in `from..=info.last_changed` that touched the polled URL, page by
-    /// page, oldest first.
-    async fn read_log(
-        &self,
-        from: u64,
-        info: &Info,
-        login: &Login,
-    ) -> Result<Vec<NewChange>, SvnError> {
+    /// The revisions in `from..=info.last_changed` that touched the polled URL, page by
+    /// page, oldest first, until [`MAX_CHANGES_PER_POLL`] changes are read.
+    async fn read_log(&self, from: u64, info: &Info, login: &Login) -> Result<Log, SvnError> {
         let prefix = info.prefix()?;
         let context = Context {
             prefix: &prefix,
@@ -131,24 +158,34 @@ impl SvnPoller {
         // cannot change what this poll reads; the next poll gets them.
         let target = format!("{}@{}", self.settings.location.url, info.youngest);
         let to = info.last_changed;
-        let mut changes = Vec::new();
+        let mut log = Log {
+            changes: Vec::new(),
+            stopped_at: None,
+        };
         let mut start = from;
+        let mut page = PAGE;
+        let started = std::time::Instant::now();
         loop {
-            let options = [
-                "--verbose".to_owned(),
-                "--revision".to_owned(),
-                format!("{start}:{to}"),
-                "--limit".to_owned(),
-                PAGE.to_string(),
-            ];
-            let page = self
-                .settings
-                .svn
-                .run("log", &options, &target, login, &self.log())
-                .await?;
+            let remaining = MAX_CHANGES_PER_POLL.saturating_sub(log.changes.len());
+            let limit = page.min(u64::try_from(remaining).unwrap_or(PAGE)).max(1);
+            let (output, message_read) =
+                match self.run_log(&target, start, to, limit, login, true).await {
+                    Ok(output) => (output, true),
+                    Err(error) if is_too_big(&error) && page > 1 => {
+                        page /= 2;
+                        continue;
+                    }
+                    Err(error) if is_too_big(&error) => {
+                        // One revision whose log alone is too big: a huge message.
+                        // Read it again without the message, which is noted instead.
+                        let output = self.run_log(&target, start, to, 1, login, false).await?;
+                        (output, false)
+                    }
+                    Err(error) => return Err(error),
+                };
             let mut count = 0;
             let mut last: Option<u64> = None;
-            log::parse(&page, |entry| {
+            log::parse(&output, |mut entry| {
                 let after = last.unwrap_or(start.saturating_sub(1));
                 if entry.revision <= after || entry.revision > to {
                     return Err(SvnError::LogOrder {
@@ -158,17 +195,30 @@ impl SvnPoller {
                         after,
                     });
                 }
+                if !message_read {
+                    entry.message = Some(MESSAGE_NOT_READ.to_owned());
+                }
                 last = Some(entry.revision);
                 count += 1;
-                changes.extend(changes::from_entry(entry, &context)?);
+                log.changes.extend(changes::from_entry(entry, &context)?);
                 Ok(())
             })?;
             match last {
-                Some(last) if count >= PAGE && last < to => start = last + 1,
+                Some(last) if count >= limit && last < to => {
+                    // Enough for one poll, or long enough that the rest had better be
+                    // a new poll than risk the poll's overall deadline.
+                    if log.changes.len() >= MAX_CHANGES_PER_POLL
+                        || started.elapsed() >= self.settings.svn.timeout
+                    {
+                        log.stopped_at = Some(last);
+                        break;
+                    }
+                    start = last + 1;
+                }
                 _ => break,
             }
         }
-        for change in &changes {
+        for change in &log.changes {
             tracing::debug!(
                 poller = self.settings.name,
                 repo = self.shown_repo,
@@ -179,8 +229,57 @@ impl SvnPoller {
                 "new change"
             );
         }
-        Ok(changes)
+        Ok(log)
     }
+
+    /// One `svn log --verbose` run: up to `limit` revisions from `start` to `to`, with
+    /// their messages or (`with_message` false) only their author and date.
+    async fn run_log(
+        &self,
+        target: &str,
+        start: u64,
+        to: u64,
+        limit: u64,
+        login: &Login,
+        with_message: bool,
+    ) -> Result<Vec<u8>, SvnError> {
+        let mut options = vec![
+            "--verbose".to_owned(),
+            "--revision".to_owned(),
+            format!("{start}:{to}"),
+            "--limit".to_owned(),
+            limit.to_string(),
+        ];
+        if !with_message {
+            for property in ["svn:author", "svn:date"] {
+                options.push("--with-revprop".to_owned());
+                options.push(property.to_owned());
+            }
+        }
+        self.settings
+            .svn
+            .run("log", &options, target, MAX_LOG_BYTES, login, &self.log())
+            .await
+    }
+}
+
+/// What one poll read from `svn log`.
+struct Log {
+    changes: Vec<NewChange>,
+    /// The last revision read when the poll stopped before the last changed one, at
+    /// [`MAX_CHANGES_PER_POLL`] changes or after reading for a whole `timeout`.
+    stopped_at: Option<u64>,
+}
+
+/// Whether `svn` printed more than it was allowed to.
+fn is_too_big(error: &SvnError) -> bool {
+    matches!(
+        error,
+        SvnError::Run {
+            source: ProcessError::TooMuchOutput { .. },
+            ..
+        }
+    )
 }
 
 #[async_trait]

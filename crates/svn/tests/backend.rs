@@ -65,14 +65,20 @@ impl Repo {
     }
 }
 
-fn poller(repo: &str, config: SvnConfig, backend: SvnBackend, state: &Path) -> Arc<dyn Poller> {
-    backend
+/// What each svn run is given in these tests.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A poller on `repo` whose svn runs are given `timeout` each.
+fn poller(repo: &str, config: SvnConfig, timeout: Duration, state: &Path) -> Arc<dyn Poller> {
+    SvnBackend::new()
         .build(
             PollerContext {
                 name: "p".into(),
                 repo: repo.into(),
                 config_dir: state.to_path_buf(),
                 mirror_dir: state.join("mirrors").join("p"),
+                secrets_dir: state.join("secrets"),
+                timeout,
             },
             config,
         )
@@ -82,7 +88,7 @@ fn poller(repo: &str, config: SvnConfig, backend: SvnBackend, state: &Path) -> A
 fn advanced(outcome: PollOutcome) -> (Cursor, Vec<polld_backend::NewChange>) {
     match outcome {
         PollOutcome::Advanced { cursor, changes } => (cursor, changes),
-        PollOutcome::Unchanged => panic!("expected the poll to advance"),
+        other => panic!("expected the poll to advance to the end, got {other:?}"),
     }
 }
 
@@ -95,7 +101,7 @@ async fn outcomes_and_cursor_over_file_urls() {
         split: polld_svn::Split::Branches,
         ..SvnConfig::default()
     };
-    let p = poller(&repo.url(), config, SvnBackend::new(), state.path());
+    let p = poller(&repo.url(), config, TIMEOUT, state.path());
 
     let (cursor, changes) = advanced(p.poll(None).await.unwrap());
     assert_eq!(cursor.0, json!({"revision": 1}));
@@ -136,7 +142,7 @@ async fn outcomes_and_cursor_over_file_urls() {
     let gone = poller(
         &format!("{}-gone", repo.url()),
         SvnConfig::default(),
-        SvnBackend::new(),
+        TIMEOUT,
         state.path(),
     );
     let error = gone.poll(None).await.unwrap_err().to_string();
@@ -209,12 +215,12 @@ async fn credentials_in_the_url_work_and_never_show() {
         "svn://alice:s3cr3t-p%C3%A4ssword@127.0.0.1:{}/repo",
         server.1
     );
-    let p = poller(&good, SvnConfig::default(), SvnBackend::new(), state.path());
+    let p = poller(&good, SvnConfig::default(), TIMEOUT, state.path());
     let (cursor, _) = advanced(p.poll(None).await.unwrap());
     assert_eq!(cursor.0, json!({"revision": 1}));
 
     let bad = format!("svn://alice:n0t-it@127.0.0.1:{}/repo", server.1);
-    let p = poller(&bad, SvnConfig::default(), SvnBackend::new(), state.path());
+    let p = poller(&bad, SvnConfig::default(), TIMEOUT, state.path());
     let error = p.poll(None).await.unwrap_err().to_string();
     assert!(error.contains("Password incorrect"), "{error}");
     assert!(!error.contains("n0t-it"), "{error}");
@@ -234,11 +240,10 @@ async fn a_server_that_never_answers_times_out() {
         }
     });
     let state = tempfile::tempdir().unwrap();
-    let backend = SvnBackend::with_timeout(Duration::from_secs(1));
     let p = poller(
         &format!("svn://127.0.0.1:{port}/repo"),
         SvnConfig::default(),
-        backend,
+        Duration::from_secs(1),
         state.path(),
     );
     let started = Instant::now();
@@ -247,4 +252,62 @@ async fn a_server_that_never_answers_times_out() {
     assert!(error.contains("did not finish within 1s"), "{error}");
     assert!(took < Duration::from_secs(4), "took {took:?}");
     drop(holder);
+}
+
+#[tokio::test]
+async fn a_long_history_is_read_a_thousand_changes_a_poll() {
+    let repo = polld_test_support::svn::SvnRepo::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = poller(&repo.url(), SvnConfig::default(), TIMEOUT, state.path());
+    let mut cursor = polld_test_support::poll::first_poll(&p).await;
+    let revisions = repo.bulk("bulk", 2_100);
+
+    let mut reported = Vec::new();
+    let mut polls = Vec::new();
+    loop {
+        let (changes, partial) = polld_test_support::poll::advance_some(&p, &mut cursor).await;
+        polls.push(changes.len());
+        reported.extend(changes.iter().map(|c| c.revision.parse::<u64>().unwrap()));
+        if !partial {
+            break;
+        }
+        // The cursor is the last revision reported: the next poll goes on after it.
+        let last = reported.last().copied().unwrap();
+        assert_eq!(cursor.as_ref().unwrap().0, json!({ "revision": last }));
+    }
+    assert_eq!(polls, [1_000, 1_000, 100]);
+    assert_eq!(reported, revisions, "every revision once, in order");
+}
+
+#[tokio::test]
+async fn huge_messages_are_cut_or_left_unread_never_held_whole() {
+    let repo = polld_test_support::svn::SvnRepo::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = poller(&repo.url(), SvnConfig::default(), TIMEOUT, state.path());
+    let mut cursor = polld_test_support::poll::first_poll(&p).await;
+    // 5 MB is read and cut; 40 MB is more than one `svn log` run may print, so that
+    // revision is read without its message.
+    let messages = [
+        "small".to_owned(),
+        "m".repeat(5_000_000),
+        "h".repeat(40_000_000),
+        "after".to_owned(),
+    ];
+    repo.bulk_messages("big", &messages);
+
+    let changes = polld_test_support::poll::advance(&p, &mut cursor).await;
+    let comments: Vec<&str> = changes.iter().map(|c| c.comments.as_str()).collect();
+    assert_eq!(comments.len(), 4);
+    assert_eq!(comments[0], "small");
+    assert!(comments[1].ends_with("[polld: message cut at 65536 of 5000000 bytes]"));
+    assert_eq!(
+        comments[1].len(),
+        65_536 + "\n\n[polld: message cut at 65536 of 5000000 bytes]".len()
+    );
+    assert_eq!(
+        comments[2],
+        "[polld: message not read: this revision's log is larger than 32 MiB]"
+    );
+    assert_eq!(changes[2].files, ["big/3.txt"]);
+    assert_eq!(comments[3], "after");
 }

@@ -126,13 +126,15 @@ fn fake() -> MutexGuard<'static, Fake> {
         // only code here that starts processes) runs; the binary holds only the tests
         // below, which all come through here first.
         unsafe { std::env::set_var("PATH", path) };
-        let poller = SvnBackend::with_timeout(Duration::from_secs(15))
+        let poller = SvnBackend::new()
             .build(
                 PollerContext {
                     name: "p".into(),
                     repo: URL.into(),
                     config_dir: dir.path().to_path_buf(),
                     mirror_dir: dir.path().join("mirrors").join("p"),
+                    secrets_dir: dir.path().join("secrets"),
+                    timeout: Duration::from_secs(15),
                 },
                 SvnConfig::default(),
             )
@@ -498,6 +500,7 @@ fn expected_changes(s: &Scenario) -> Vec<(NewChange, bool)> {
                 .trim_end()
                 .to_owned(),
             files,
+            files_total: None,
             when_timestamp: entry.date.map_or(0, |(seconds, _)| seconds as i64),
             project: None,
         };

@@ -264,11 +264,20 @@ impl SvnRepo {
     /// `n` revisions, each adding `<dir>/<i>.txt` (i = 1..=n; the first also adds `dir`),
     /// loaded at once from a dumpfile. Returns their revisions, oldest first.
     pub fn bulk(&self, dir: &str, n: usize) -> Vec<u64> {
+        let messages: Vec<String> = (1..=n)
+            .map(|i| format!("bulk {i} of {n}\n\nnumber {i}"))
+            .collect();
+        self.bulk_messages(dir, &messages)
+    }
+
+    /// As [`SvnRepo::bulk`], one revision per message, with these messages.
+    pub fn bulk_messages(&self, dir: &str, messages: &[String]) -> Vec<u64> {
+        let n = messages.len();
         let first_date = svn_ticks(n as i64);
         let base = self.youngest();
         let mut dump = b"SVN-fs-dump-format-version: 2\n\n".to_vec();
-        for i in 1..=n {
-            let msg = format!("bulk {i} of {n}\n\nnumber {i}");
+        for (i, msg) in (1..=n).zip(messages) {
+            let msg = msg.clone();
             let when = first_date + i as i64 - 1;
             let props = svn_props(&[
                 ("svn:author", SVN_AUTHOR),

@@ -84,6 +84,7 @@ impl Poller for ChangelogPoller {
                     committer: None,
                     comments: message.trim().to_owned(),
                     files: Vec::new(),
+                    files_total: None,
                     when_timestamp: i64::try_from(now).unwrap_or(i64::MAX),
                     project: None,
                 }

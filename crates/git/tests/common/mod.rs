@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use polld_test_support::poll::{advance, branches, first_poll, revisions};
+pub use polld_test_support::poll::{advance, advance_some, branches, first_poll, revisions};
 #[allow(unused_imports)]
 pub use polld_test_support::ssh::{Sshd, keygen};
 #[allow(unused_imports)]
@@ -47,6 +47,8 @@ impl Fixture {
             repo: repo.to_owned(),
             config_dir: self.tmp.path().to_owned(),
             mirror_dir: self.mirror_dir(),
+            secrets_dir: self.tmp.path().join("state/secrets"),
+            timeout: Duration::from_secs(60),
         }
     }
 

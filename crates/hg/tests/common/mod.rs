@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polld_backend::{Backend, Poller, PollerContext};
-use polld_hg::{HgBackend, HgConfig, Timeouts};
+use polld_hg::{HgBackend, HgConfig};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -41,6 +41,8 @@ impl Fixture {
             repo: repo.to_owned(),
             config_dir: self.tmp.path().to_owned(),
             mirror_dir: self.mirror_dir(),
+            secrets_dir: self.tmp.path().join("state/secrets"),
+            timeout: Duration::from_secs(60),
         }
     }
 
@@ -51,24 +53,8 @@ impl Fixture {
 }
 
 pub fn build(context: PollerContext, config: Value) -> Result<Arc<dyn Poller>, String> {
-    build_with(HgBackend::new(), context, config)
-}
-
-pub fn build_with(
-    backend: HgBackend,
-    context: PollerContext,
-    config: Value,
-) -> Result<Arc<dyn Poller>, String> {
     let config: HgConfig = serde_json::from_value(config).map_err(|e| e.to_string())?;
-    backend
+    HgBackend::new()
         .build(context, config)
         .map_err(|refusal| refusal.message)
-}
-
-pub fn short_timeouts() -> HgBackend {
-    HgBackend::with_timeouts(Timeouts {
-        check: Duration::from_millis(1500),
-        pull: Duration::from_millis(1500),
-        local: Duration::from_secs(30),
-    })
 }
