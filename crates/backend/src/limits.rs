@@ -22,6 +22,14 @@ pub const MAX_CHANGES_PER_POLL: usize = 1_000;
 /// a note of its full size. `head` is the start of the message (at least
 /// [`MAX_COMMENTS_BYTES`] of it when it is longer), `total` its whole length in bytes.
 pub fn cut_message(head: &[u8], total: usize) -> String {
+    // When the whole message is here, its size is that of what a change would carry
+    // uncut: without trailing whitespace.
+    let (head, total) = if head.len() >= total {
+        let whole = head.trim_ascii_end();
+        (whole, whole.len())
+    } else {
+        (head, total)
+    };
     let end = head.len().min(MAX_COMMENTS_BYTES + 128);
     let mut text = String::from_utf8_lossy(&head[..end]).trim_end().to_owned();
     if is_cut(&text) {

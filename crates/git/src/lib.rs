@@ -33,7 +33,7 @@ mod shared;
 mod walk;
 mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use git2::ConfigLevel;
@@ -181,6 +181,42 @@ fn auth_config(
         username: config.username.clone(),
         password_env: config.password_env.clone(),
     })
+}
+
+/// What libgit2 may spend building a pack: when it fetches from a local repository
+/// (which it does by packing the source itself, in polld's process) and when a mirror
+/// is compacted. By default it searches deltas among objects of any size, holding an
+/// index of each object in its window: a push of twenty 20 MB commit messages then
+/// takes over 300 MB. `windowMemory` bounds the window; `deltaCacheSize` bounds the
+/// delta cache and, as libgit2 1.9 reads it, is also the size above which an object is
+/// stored whole instead of searched for deltas (git's `core.bigFileThreshold`).
+const PACK_LIMITS: &str = "[pack]\n\twindowMemory = 32m\n\tdeltaCacheSize = 1m\n";
+
+/// Gives libgit2 [`PACK_LIMITS`] as its global config: a `.gitconfig` of polld's own in
+/// the mirrors directory (no poller can be named `.gitconfig`), which becomes libgit2's
+/// global config search path. Once per process, as the first poll starts (every poll
+/// passes here before it touches libgit2; `polld check` writes nothing); a process has
+/// one state directory.
+pub(crate) fn pin_pack_limits(mirrors: &Path) {
+    static PIN: Once = Once::new();
+    PIN.call_once(|| {
+        let file = mirrors.join(".gitconfig");
+        let written = std::fs::create_dir_all(mirrors).and_then(|()| {
+            if std::fs::read_to_string(&file).ok().as_deref() == Some(PACK_LIMITS) {
+                Ok(())
+            } else {
+                std::fs::write(&file, PACK_LIMITS)
+            }
+        });
+        if let Err(error) = written {
+            tracing::warn!(path = %file.display(), %error, "cannot write libgit2's pack limits; packing is unbounded");
+            return;
+        }
+        // SAFETY: guarded by `Once`, and done before any poll uses libgit2.
+        if let Err(error) = unsafe { git2::opts::set_search_path(ConfigLevel::Global, mirrors) } {
+            tracing::warn!(error = error.message(), "cannot set libgit2's global config path");
+        }
+    });
 }
 
 /// Pins libgit2's process-wide settings, once per process.

@@ -108,7 +108,9 @@ impl Mirror {
         let fetch_error = |e: git2::Error| GitError::Fetch {
             refs: names.len(),
             message: if Instant::now() >= deadline {
-                "it did not finish within the poller's timeout".to_owned()
+                "it did not finish within the poller's `timeout` (the first fetch of a large \
+                 repository may need a longer one)"
+                    .to_owned()
             } else {
                 e.message().to_owned()
             },

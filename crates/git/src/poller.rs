@@ -120,6 +120,9 @@ impl Inner {
 
     fn poll(&self, asked: Instant, cursor: Option<&Cursor>) -> Result<PollOutcome, GitError> {
         let settings = &self.settings;
+        if let Some(mirrors) = settings.mirror_dir.parent() {
+            crate::pin_pack_limits(mirrors);
+        }
         let old = cursor.map(cursor::decode).transpose()?;
         let credentials = Credentials::resolve(&settings.auth, &settings.location)?;
         let deadline = Instant::now() + settings.timeout;

@@ -29,7 +29,9 @@ pub(crate) enum HgError {
         command: &'static str,
         source: ProcessError,
     },
-    #[error("`hg {command}` did not finish within {after:?}; it was killed")]
+    #[error(
+        "`hg {command}` did not finish within {after:?} (the poller's `timeout`); it was killed"
+    )]
     Timeout {
         command: &'static str,
         after: Duration,

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use polld_backend::process::ProcessError;
+
 use crate::error::HgError;
 use crate::heads::is_node;
 use crate::hg::{Hg, Invocation};
@@ -42,6 +44,11 @@ pub(crate) struct Changeset {
 /// polld whole.
 const TEMPLATE: &str = "{node}\\0{branch}\\0{author}\\0{date|hgdate}\\0{p1node}\\0{p2node}\\0\
 {join(file_adds, '\\n')}\\0{join(file_mods, '\\n')}\\0{join(file_dels, '\\n')}\\0{desc|polldcut}\\0";
+/// [`TEMPLATE`] with each message's first line only, for a push whose messages are too
+/// large together for one `hg log` run's output limit.
+const FIRST_LINES_TEMPLATE: &str = "{node}\\0{branch}\\0{author}\\0{date|hgdate}\\0{p1node}\\0{p2node}\\0\
+{join(file_adds, '\\n')}\\0{join(file_mods, '\\n')}\\0{join(file_dels, '\\n')}\\0\
+{desc|firstline|polldcut}\\n\\n[polld: first line only: the messages of this push are too large together]\\0";
 const FIELDS: usize = 10;
 const NULL_NODE: &str = "0000000000000000000000000000000000000000";
 
@@ -301,14 +308,11 @@ impl Mirror {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self
-            .log(
-                "::polldnodes(new) - ::polldnodes(known)",
-                TEMPLATE,
-                &[("new", new), ("known", known)],
-            )
-            .await?;
-        parse_changesets(&out)
+        self.read_changesets(
+            "::polldnodes(new) - ::polldnodes(known)",
+            &[("new", new), ("known", known)],
+        )
+        .await
     }
 
     /// Exactly these changesets, in revision order.
@@ -316,11 +320,31 @@ impl Mirror {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
-        parse_changesets(
-            &self
-                .log("polldnodes(new)", TEMPLATE, &[("new", nodes)])
-                .await?,
-        )
+        self.read_changesets("polldnodes(new)", &[("new", nodes)])
+            .await
+    }
+
+    /// The changesets of `revset` with [`TEMPLATE`]; when they print more than one `hg`
+    /// run may, again with [`FIRST_LINES_TEMPLATE`], so that a push of huge messages is
+    /// reported, not a poll that fails every time.
+    async fn read_changesets(
+        &self,
+        revset: &str,
+        nodes: &[(&str, &[&str])],
+    ) -> Result<Vec<Changeset>, HgError> {
+        match self.log(revset, TEMPLATE, nodes).await {
+            Err(HgError::Run {
+                source: ProcessError::TooMuchOutput { .. },
+                ..
+            }) => {
+                tracing::warn!(
+                    mirror = %self.repo.display(),
+                    "the new changesets' messages are too large together; reading their first lines only"
+                );
+                parse_changesets(&self.log(revset, FIRST_LINES_TEMPLATE, nodes).await?)
+            }
+            out => parse_changesets(&out?),
+        }
     }
 
     /// `hg log -r REVSET -T TEMPLATE` on the mirror, the revset's `polldnodes(NAME)`
