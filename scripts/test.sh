@@ -18,6 +18,7 @@ command -v hg >/dev/null || missing+=(mercurial)
 [ -e /usr/lib/apache2/modules/mod_dav_svn.so ] || missing+=(libapache2-mod-svn)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

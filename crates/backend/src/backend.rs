@@ -5,7 +5,7 @@
 //! nothing of scheduling, storage or delivery; the core knows nothing of any VCS.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,6 +159,36 @@ pub struct PollerContext {
     /// The deadline for each remote operation of a poll (listing, fetch or pull, log),
     /// from its start to its end, not per read: the poller's `timeout` key.
     pub timeout: Duration,
+    /// A PEM bundle to trust for TLS in addition to the system's certificates (the
+    /// poller's `ca_file` key, resolved against the config's directory; the core has
+    /// checked that it holds certificates).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PollerContext {
+    /// How long a remote operation may take when the config does not say.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// The context the core gives a poller named `name` on `repo` with the state in
+    /// `state_dir` and no `timeout` or `ca_file` configured. For tools and tests that
+    /// build pollers directly; set other fields with `..PollerContext::new(...)`.
+    pub fn new(
+        name: impl Into<String>,
+        repo: impl Into<String>,
+        config_dir: impl Into<PathBuf>,
+        state_dir: &Path,
+    ) -> PollerContext {
+        let name = name.into();
+        PollerContext {
+            repo: repo.into(),
+            config_dir: config_dir.into(),
+            mirror_dir: state_dir.join("mirrors").join(&name),
+            secrets_dir: state_dir.join("secrets").join(&name),
+            timeout: PollerContext::DEFAULT_TIMEOUT,
+            ca_file: None,
+            name,
+        }
+    }
 }
 
 /// One configured poller, ready to poll.

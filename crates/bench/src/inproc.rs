@@ -90,14 +90,7 @@ impl InProcess {
     /// A git poller watching `main` of `url`, built as polld builds it from a config
     /// (`Backend::build`), its mirror under `<state_dir>/mirrors/<name>`.
     pub fn poller(&self, name: &str, url: &str, state_dir: &Path) -> Result<Arc<dyn Poller>> {
-        let context = PollerContext {
-            name: name.to_owned(),
-            repo: url.to_owned(),
-            config_dir: state_dir.to_owned(),
-            mirror_dir: state_dir.join("mirrors").join(name),
-            secrets_dir: state_dir.join("secrets"),
-            timeout: std::time::Duration::from_secs(120),
-        };
+        let context = PollerContext::new(name, url, state_dir, state_dir);
         let config = GitConfig {
             branches: Some(polld_backend::StringList(vec!["main".to_owned()])),
             ..GitConfig::default()

@@ -89,6 +89,8 @@ pub struct PollerConfig {
     pub timing: Timing,
     /// The deadline for each remote operation of a poll (`timeout`, default 2 minutes).
     pub timeout: Duration,
+    /// `ca_file`, resolved and checked.
+    pub ca_file: Option<PathBuf>,
     pub project: String,
     pub category: Option<String>,
     pub codebase: String,
@@ -134,6 +136,7 @@ impl PollerConfig {
             mirror_dir: self.mirror_dir.clone(),
             secrets_dir: self.secrets_dir.clone(),
             timeout: self.timeout,
+            ca_file: self.ca_file.clone(),
         }
     }
 }
@@ -316,7 +319,7 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
 #[serde(deny_unknown_fields)]
 struct FileKeys {
     daemon: Option<DaemonKeys>,
-    defaults: Option<TimingKeys>,
+    defaults: Option<DefaultKeys>,
 }
 
 /// `[sink]`: its `type` names the sink type, which then checks the other keys, read
@@ -446,15 +449,17 @@ impl DaemonKeys {
     }
 }
 
-/// Timing keys: all of `[defaults]`, and overridable per poller.
+/// The keys of `[defaults]`: timing, `timeout` and `ca_file`, each overridable per
+/// poller.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TimingKeys {
+struct DefaultKeys {
     interval: Option<Spanned<HumanDuration>>,
     jitter: Option<Spanned<HumanDuration>>,
     jitter_min: Option<Spanned<HumanDuration>>,
     at_launch: Option<bool>,
     timeout: Option<Spanned<HumanDuration>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 /// The keys every `[[poller]]` has, whatever its backend.
@@ -470,6 +475,7 @@ struct CommonPollerKeys {
     jitter_min: Option<Spanned<HumanDuration>>,
     at_launch: Option<bool>,
     timeout: Option<Spanned<HumanDuration>>,
+    ca_file: Option<Spanned<String>>,
     project: Option<String>,
     category: Option<String>,
     codebase: Option<String>,
@@ -487,6 +493,7 @@ const COMMON_POLLER_KEYS: &[&str] = &[
     "jitter_min",
     "at_launch",
     "timeout",
+    "ca_file",
     "project",
     "category",
     "codebase",
@@ -496,7 +503,7 @@ const COMMON_POLLER_KEYS: &[&str] = &[
 
 fn build_poller(
     table: Spanned<DeValue<'_>>,
-    defaults: &TimingKeys,
+    defaults: &DefaultKeys,
     daemon: &DaemonConfig,
     config_dir: &Path,
     backends: &BackendRegistry,
@@ -540,7 +547,14 @@ fn build_poller(
             ));
         }
         Some(timeout) => timeout.get_ref().0,
-        None => DEFAULT_TIMEOUT,
+        None => PollerContext::DEFAULT_TIMEOUT,
+    };
+    let ca_file = match common.ca_file.as_ref().or(defaults.ca_file.as_ref()) {
+        Some(path) => Some(
+            check_ca_file(config_dir, path.get_ref())
+                .map_err(|message| at(Some(path.span()), &format!("ca_file: {message}")))?,
+        ),
+        None => None,
     };
 
     let type_name = common.vcs.get_ref();
@@ -560,6 +574,7 @@ fn build_poller(
         repo: repo.clone(),
         timing,
         timeout,
+        ca_file,
         project: common.project.unwrap_or_default(),
         category: common.category,
         codebase: common.codebase.unwrap_or_default(),
@@ -599,7 +614,7 @@ fn build_poller(
 
 fn resolve_timing(
     keys: &CommonPollerKeys,
-    defaults: &TimingKeys,
+    defaults: &DefaultKeys,
     at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
 ) -> Result<Timing, ConfigError> {
     let pick = |own: &Option<Spanned<HumanDuration>>, default: &Option<Spanned<HumanDuration>>| {
@@ -673,8 +688,23 @@ pub struct HumanDuration(pub Duration);
 /// polls when pushed). Longer ones are refused rather than overflowing a clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
-/// Each remote operation of a poll gets this long unless `timeout` says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// `ca_file` resolved against the config's directory, once it is known to be a
+/// readable PEM bundle with at least one certificate (each backend parses it again for
+/// its TLS library, which may refuse a certificate this does not look into).
+pub fn check_ca_file(config_dir: &Path, path: &str) -> Result<PathBuf, String> {
+    let file = config_dir.join(path);
+    let text = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let has_certificate = text
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----");
+    if !has_certificate {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        ));
+    }
+    Ok(file)
+}
 
 /// Where, under the state directory, pollers keep files that must not outlive the
 /// process (emptied at start).
@@ -861,6 +891,45 @@ properties = { team = "core", n = 3 }
         assert_eq!(b.category.as_deref(), Some("push"));
         assert_eq!(b.properties["n"], 3);
         assert_eq!(b.vcs, "dummy");
+    }
+
+    #[test]
+    fn ca_file_is_read_relative_to_the_config_and_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("key.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let text = |defaults: &str, own: &str| {
+            format!(
+                "[defaults]\n{defaults}\n[[poller]]\nname = \"a\"\ntype = \"dummy\"\n\
+                 repo = \"/r\"\n{own}\n"
+            )
+        };
+        let load = |text: &str| parse(&dir.path().join("pollers.toml"), text, &plugins());
+        let config = load(&text("ca_file = \"ca.pem\"", "")).unwrap();
+        assert_eq!(config.pollers[0].ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(
+            config.pollers[0].context().ca_file,
+            Some(dir.path().join("ca.pem"))
+        );
+        let own = load(&text("", "ca_file = \"ca.pem\"")).unwrap();
+        assert_eq!(own.pollers[0].ca_file, Some(dir.path().join("ca.pem")));
+        assert_eq!(load(&text("", "")).unwrap().pollers[0].ca_file, None);
+        for (file, needle) in [
+            ("missing.pem", "cannot read"),
+            ("key.pem", "no PEM certificate"),
+        ] {
+            let error = load(&text("", &format!("ca_file = \"{file}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(":7:11: ca_file:") && error.contains(needle),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -77,12 +77,8 @@ impl Fake {
         let poller = HgBackend::new()
             .build(
                 PollerContext {
-                    name: "p".into(),
-                    repo: "/srv/fake-hg".into(),
-                    config_dir: state.path().to_path_buf(),
-                    mirror_dir: state.path().join("mirrors").join("p"),
-                    secrets_dir: state.path().join("secrets"),
                     timeout: Duration::from_secs(20),
+                    ..PollerContext::new("p", "/srv/fake-hg", state.path(), state.path())
                 },
                 config,
             )

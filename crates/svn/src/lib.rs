@@ -134,7 +134,7 @@ fn check_login(config: &SvnConfig, location: &Location) -> Result<Option<String>
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::Path;
 
     use super::*;
 
@@ -143,14 +143,7 @@ mod tests {
         let config: SvnConfig = toml_like(keys);
         SvnBackend::new()
             .build(
-                PollerContext {
-                    name: "p".into(),
-                    repo: repo.into(),
-                    config_dir: PathBuf::from("/etc/polld"),
-                    mirror_dir: PathBuf::from("/var/lib/polld/mirrors/p"),
-                    secrets_dir: PathBuf::from("/var/lib/polld/secrets"),
-                    timeout: std::time::Duration::from_secs(120),
-                },
+                PollerContext::new("p", repo, "/etc/polld", Path::new("/var/lib/polld")),
                 config,
             )
             .map(|poller| poller.describe())

@@ -73,12 +73,8 @@ fn poller(repo: &str, config: SvnConfig, timeout: Duration, state: &Path) -> Arc
     SvnBackend::new()
         .build(
             PollerContext {
-                name: "p".into(),
-                repo: repo.into(),
-                config_dir: state.to_path_buf(),
-                mirror_dir: state.join("mirrors").join("p"),
-                secrets_dir: state.join("secrets"),
                 timeout,
+                ..PollerContext::new("p", repo, state, state)
             },
             config,
         )

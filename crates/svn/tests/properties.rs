@@ -129,12 +129,8 @@ fn fake() -> MutexGuard<'static, Fake> {
         let poller = SvnBackend::new()
             .build(
                 PollerContext {
-                    name: "p".into(),
-                    repo: URL.into(),
-                    config_dir: dir.path().to_path_buf(),
-                    mirror_dir: dir.path().join("mirrors").join("p"),
-                    secrets_dir: dir.path().join("secrets"),
                     timeout: Duration::from_secs(15),
+                    ..PollerContext::new("p", URL, dir.path(), dir.path())
                 },
                 SvnConfig::default(),
             )

@@ -26,6 +26,7 @@ pub mod http;
 pub mod poll;
 pub mod ssh;
 pub mod svn;
+pub mod tls;
 
 /// Every file below `dir` (for failure messages, and searches).
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {

@@ -37,12 +37,8 @@ impl Fixture {
 
     pub fn context(&self, repo: &str) -> PollerContext {
         PollerContext {
-            name: "p".to_owned(),
-            repo: repo.to_owned(),
-            config_dir: self.tmp.path().to_owned(),
-            mirror_dir: self.mirror_dir(),
-            secrets_dir: self.tmp.path().join("state/secrets"),
             timeout: Duration::from_secs(60),
+            ..PollerContext::new("p", repo, self.tmp.path(), &self.tmp.path().join("state"))
         }
     }
 
