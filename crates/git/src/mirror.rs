@@ -1,8 +1,8 @@
 //! The poller's private bare mirror: the objects the history walk needs.
 //!
-//! Only refs that moved are fetched, each to the same name (`+refs/heads/X:refs/heads/X`),
-//! with tag auto-following and pruning off, so a fetch brings exactly the history of
-//! the watched refs and nothing the user did not ask for. The mirror is a cache: if it
+//! Only refs that moved are fetched (see `remote.rs`), each kept under the same name,
+//! so a fetch brings exactly the history of the watched refs and nothing the user did
+//! not ask for. The mirror is a cache: if it
 //! is lost or corrupt it is rebuilt, and the cursor (not the mirror's refs) remains the
 //! record of what was already reported.
 //!
@@ -13,15 +13,12 @@
 //! slow every walk down.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository};
+use git2::{Oid, Repository};
 
 use crate::LogContext;
 use crate::cursor::RefMap;
 use crate::error::GitError;
-use crate::location::Location;
-use crate::remote::{Credentials, proxy_options};
 use crate::watch::{HEADS, TAGS};
 
 /// Past this many packs, the mirror is compacted.
@@ -92,48 +89,31 @@ impl Mirror {
         self.repo.odb().is_ok_and(|odb| odb.exists(oid))
     }
 
-    /// Fetches `names` (full ref names) from the remote into the same names here,
-    /// giving up at `deadline` (checked as data arrives: a server that trickles is cut
-    /// off there; one that goes silent, at libgit2's read timeout).
-    pub(crate) fn fetch(
-        &self,
-        location: &Location,
-        credentials: &Credentials,
-        names: &[&String],
-        deadline: Instant,
-    ) -> Result<(), GitError> {
-        if names.is_empty() {
-            return Ok(());
+    /// Points each of `refs` (full names) at its id, now that a fetch brought it.
+    pub(crate) fn point_refs(&self, refs: &[(String, Oid)]) -> Result<(), GitError> {
+        for (name, oid) in refs {
+            self.repo
+                .reference(name, *oid, true, "polld: fetched")
+                .map_err(|e| GitError::mirror(&self.path, e))?;
         }
-        let fetch_error = |e: git2::Error| GitError::Fetch {
-            refs: names.len(),
-            message: if Instant::now() >= deadline {
-                "it did not finish within the poller's `timeout` (the first fetch of a large \
-                 repository may need a longer one)"
-                    .to_owned()
-            } else {
-                e.message().to_owned()
-            },
-        };
-        let refspecs: Vec<String> = names.iter().map(|n| format!("+{n}:{n}")).collect();
-        let mut remote = self
-            .repo
-            .remote_anonymous(&location.url)
-            .map_err(fetch_error)?;
-        let mut callbacks = credentials.callbacks();
-        callbacks
-            .transfer_progress(|_| Instant::now() < deadline)
-            .sideband_progress(|_| Instant::now() < deadline);
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(callbacks)
-            .proxy_options(proxy_options())
-            .download_tags(AutotagOption::None)
-            .prune(FetchPrune::Off)
-            .update_fetchhead(false);
-        remote
-            .fetch(&refspecs, Some(&mut options), None)
-            .map_err(fetch_error)
+        Ok(())
+    }
+
+    /// The ids the mirror's branch and tag refs point at: what it has, for a fetch.
+    pub(crate) fn ref_targets(&self) -> Result<Vec<Oid>, GitError> {
+        let mirror_error = |e: git2::Error| GitError::mirror(&self.path, e);
+        let mut targets = Vec::new();
+        for reference in self.repo.references().map_err(mirror_error)? {
+            let reference = reference.map_err(mirror_error)?;
+            let name = reference.name_bytes();
+            let ours = name.starts_with(HEADS.as_bytes()) || name.starts_with(TAGS.as_bytes());
+            if let Some(oid) = reference.target().filter(|_| ours)
+                && !targets.contains(&oid)
+            {
+                targets.push(oid);
+            }
+        }
+        Ok(targets)
     }
 
     /// Deletes branch and tag refs the poller no longer watches (deleted on the remote

@@ -96,7 +96,9 @@ pub fn main(plugins: Plugins) -> ExitCode {
             tracing::warn!(poller = %poller.name, repo = %poller.display_repo(), "repo URL carries credentials; prefer *_env or *_file keys (they are never shown or stored)");
         }
     }
+    let command = cli.command.unwrap_or(Command::Run);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers_for(&command, &config))
         .enable_all()
         .build()
     {
@@ -106,7 +108,6 @@ pub fn main(plugins: Plugins) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
     let result = runtime.block_on(dispatch(command, config, plugins, load));
     // A poll abandoned at shutdown may still hold a blocking thread: don't wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -116,6 +117,26 @@ pub fn main(plugins: Plugins) -> ExitCode {
             eprintln!("polld: {error:#}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Threads for the async runtime: one per core for the daemon; for `once`, no more than
+/// it has pollers to poll (one poller: one thread, a quick start); one for the commands
+/// that only read the store. (libgit2's and the VCS clients' blocking work runs on
+/// tokio's separate blocking pool either way.)
+fn workers_for(command: &Command, config: &Config) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    match command {
+        Command::Run => cores,
+        Command::Once { names } => {
+            let pollers = if names.is_empty() {
+                config.pollers.len()
+            } else {
+                names.len()
+            };
+            cores.min(pollers).max(1)
+        }
+        _ => 1,
     }
 }
 
