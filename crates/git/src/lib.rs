@@ -134,9 +134,9 @@ impl GitBackend {
             Transport::Local => (Remote::Local(location.url.clone()), None, None),
             Transport::File => (Remote::Local(file_url_path(&location.url)), None, None),
             Transport::Git => (
-                Remote::Network(Network::Daemon(
+                Remote::Network(Box::new(Network::Daemon(
                     Daemon::parse(&location.url).map_err(at_repo)?,
-                )),
+                ))),
                 None,
                 None,
             ),
@@ -146,7 +146,7 @@ impl GitBackend {
                 let client = self
                     .http_client(ca_file)
                     .map_err(|message| Refusal::at("ca_file", message))?;
-                let remote = Remote::Network(Network::Http(HttpRemote::new(client, url)));
+                let remote = Remote::Network(Box::new(Network::Http(HttpRemote::new(client, url))));
                 (remote, username, password)
             }
             Transport::Ssh => {
@@ -162,7 +162,7 @@ impl GitBackend {
                     known_hosts: known_hosts.to_vec(),
                 };
                 let remote = SshRemote::new(Arc::clone(&self.ssh), endpoint, address.path);
-                (Remote::Network(Network::Ssh(remote)), None, None)
+                (Remote::Network(Box::new(Network::Ssh(remote))), None, None)
             }
         })
     }

@@ -77,7 +77,7 @@ impl Credentials {
 pub(crate) enum Remote {
     /// A repository on this machine (a path or `file://`), read with libgit2.
     Local(String),
-    Network(Network),
+    Network(Box<Network>),
 }
 
 /// A repository reached over the network, by polld's own clients.

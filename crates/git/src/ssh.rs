@@ -35,10 +35,14 @@ use crate::wire::{self, Greeting, Listed};
 /// Channels open at once on one connection.
 const CHANNELS: usize = 8;
 
+/// One endpoint's connection, or none yet; the async lock makes concurrent pollers of
+/// the endpoint wait for one handshake instead of each making its own.
+type Slot = Arc<Mutex<Option<Arc<Connection>>>>;
+
 /// Connections of every ssh poller of a backend, by who connects where.
 #[derive(Default)]
 pub(crate) struct SshPool {
-    connections: StdMutex<HashMap<Endpoint, Arc<Mutex<Option<Arc<Connection>>>>>>,
+    connections: StdMutex<HashMap<Endpoint, Slot>>,
 }
 
 impl std::fmt::Debug for SshPool {
@@ -204,7 +208,7 @@ impl SshRemote {
 }
 
 impl SshPool {
-    fn slot(&self, endpoint: &Endpoint) -> Arc<Mutex<Option<Arc<Connection>>>> {
+    fn slot(&self, endpoint: &Endpoint) -> Slot {
         let mut connections = self
             .connections
             .lock()

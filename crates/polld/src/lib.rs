@@ -6,6 +6,7 @@
 mod control;
 mod http_server;
 mod logging;
+mod memory;
 mod plugins;
 mod status;
 
@@ -77,8 +78,10 @@ const EXIT_USAGE: u8 = 2;
 
 /// The `polld` command, with these plugins.
 pub fn main(plugins: Plugins) -> ExitCode {
-    // Before any thread or file exists: everything under the state dir is owner-only.
+    // Before any thread or file exists: everything under the state dir is owner-only,
+    // and the allocator keeps few arenas.
     polld_core::private::restrict_umask();
+    memory::limit_arenas();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let config_path = cli.config.clone();
@@ -189,6 +192,7 @@ async fn run(config: Config, plugins: Plugins, load: control::Loader) -> anyhow:
     };
     let listen = config.daemon.listen;
     let shutdown = CancellationToken::new();
+    tokio::spawn(memory::trim_periodically(shutdown.clone()));
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(daemon::run(
         config,
