@@ -901,6 +901,52 @@ fn webhook_posts_signed_change_records_with_extra_headers() {
     );
 }
 
+/// A receiver behind a private CA: refused until the sink's `ca_file` names the CA, then
+/// the change is delivered once (nothing lost while the certificate was refused).
+#[test]
+fn webhook_over_https_trusts_its_ca_file() {
+    let tls = tempfile::tempdir().unwrap();
+    let ca = tls::TestCa::new(tls.path(), "receiver");
+    let receiver = tls::HttpsReceiver::start(&ca.server_cert("receiver"), tls.path());
+    let pair = RemotePair::with_initial_commit();
+    let repo = pair.repo();
+    let sink = |extra: &str| {
+        format!(
+            "[sink]\ntype = \"webhook\"\nurl = \"{}\"\n{extra}\n{}",
+            receiver.url(),
+            git_poller("app", &repo, "")
+        )
+    };
+    let polld = Polld::new(&sink(""));
+    polld.once(&[]).expect_code(0);
+    pair.work.commit("a.txt", "a\n", "over TLS");
+    pair.work.push(&["main"]);
+    let refused = polld.once(&[]);
+    refused.expect_code(1);
+    assert!(
+        refused.stderr.contains("certificate") || refused.stderr.contains("UnknownIssuer"),
+        "{}",
+        refused.stderr
+    );
+    assert!(receiver.bodies().is_empty());
+
+    std::fs::copy(&ca.cert, polld.path("ca.pem")).unwrap();
+    polld.write_config(&format!("{PREAMBLE}{}", sink("ca_file = \"ca.pem\"")));
+    polld.once(&[]).expect_code(0);
+    let bodies = receiver.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(bodies[0].contains("over TLS"), "{bodies:?}");
+
+    polld.write_config(&format!("{PREAMBLE}{}", sink("ca_file = \"pollers.toml\"")));
+    let bad = polld.run(&["check"]);
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("ca_file") && bad.stderr.contains("no PEM certificate"),
+        "{}",
+        bad.stderr
+    );
+}
+
 #[test]
 fn webhook_retries_5xx_and_the_change_is_accepted_once() {
     let receiver = WebhookReceiver::start(&[500, 500, 500], 200);

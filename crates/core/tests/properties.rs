@@ -764,6 +764,7 @@ fn check_config(model: &Model, config: &Config) -> Result<(), TestCaseError> {
                     username: username.clone(),
                     password_env: password_env.clone(),
                     timeout: human(timeout),
+                    ca_file: None,
                 }
             );
         }
@@ -781,6 +782,7 @@ fn check_config(model: &Model, config: &Config) -> Result<(), TestCaseError> {
                     secret_env: secret_env.clone(),
                     headers: headers.clone(),
                     timeout: human(timeout),
+                    ca_file: None,
                 }
             );
         }

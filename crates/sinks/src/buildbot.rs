@@ -30,13 +30,16 @@ pub struct BuildbotConfig {
     pub password_env: Option<String>,
     /// How long one request may take (default 30 s).
     pub timeout: Option<HumanDuration>,
+    /// A PEM bundle to trust besides the system's roots (a master behind a private CA).
+    pub ca_file: Option<String>,
 }
 
 impl SinkType for Buildbot {
     const TYPE: &'static str = "buildbot";
     type Config = BuildbotConfig;
 
-    fn check(&self, _: &SinkContext, config: &BuildbotConfig) -> Result<(), Refusal> {
+    fn check(&self, context: &SinkContext, config: &BuildbotConfig) -> Result<(), Refusal> {
+        http::check_ca_file(context, config.ca_file.as_deref())?;
         if config.password_env.is_some() && config.username.is_none() {
             return Err(Refusal::at("password_env", "password_env needs a username"));
         }
@@ -44,8 +47,12 @@ impl SinkType for Buildbot {
         http::check_url(&config.url)
     }
 
-    fn open(&self, _: &SinkContext, config: BuildbotConfig) -> Result<Arc<dyn Sink>, String> {
-        let client = http::client(config.timeout.map(|t| t.0))?;
+    fn open(&self, context: &SinkContext, config: BuildbotConfig) -> Result<Arc<dyn Sink>, String> {
+        let client = http::client(
+            context,
+            config.timeout.map(|t| t.0),
+            config.ca_file.as_deref(),
+        )?;
         Ok(Arc::new(BuildbotSink { client, config }))
     }
 }

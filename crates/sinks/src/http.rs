@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use polld_backend::{Refusal, redact};
 use polld_core::Change;
-use polld_core::config::HumanDuration;
-use polld_core::sink::{SinkError, SinkFailure};
+use polld_core::config::{HumanDuration, check_ca_file as check_ca_file_at};
+use polld_core::sink::{SinkContext, SinkError, SinkFailure};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 
 /// Requests that take longer than this fail and are retried.
@@ -52,12 +52,38 @@ pub(crate) fn check_timeout(timeout: Option<HumanDuration>) -> Result<(), Refusa
     }
 }
 
-pub(crate) fn client(timeout: Option<Duration>) -> Result<Client, String> {
-    Client::builder()
+/// `ca_file` (contract 0.2, "TLS"), resolved against the config's directory: a PEM
+/// bundle trusted besides the system's roots. Checked at load, so a typo is
+/// `file:line:col`, not a delivery failure hours later.
+pub(crate) fn check_ca_file(context: &SinkContext, ca_file: Option<&str>) -> Result<(), Refusal> {
+    match ca_file {
+        Some(path) => check_ca_file_at(&context.config_dir, path)
+            .map(drop)
+            .map_err(|message| Refusal::at("ca_file", format!("ca_file: {message}"))),
+        None => Ok(()),
+    }
+}
+
+/// The pooled client of one sink: the system's roots plus `ca_file`'s certificates.
+pub(crate) fn client(
+    context: &SinkContext,
+    timeout: Option<Duration>,
+    ca_file: Option<&str>,
+) -> Result<Client, String> {
+    let mut builder = Client::builder()
         .timeout(timeout.unwrap_or(DEFAULT_TIMEOUT))
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("polld/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("polld/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let file = check_ca_file_at(&context.config_dir, path)?;
+        let pem = std::fs::read(&file)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", file.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", file.display()))?;
+        builder = builder.tls_certs_merge(certificates);
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }

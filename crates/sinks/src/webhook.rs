@@ -38,13 +38,16 @@ pub struct WebhookConfig {
     pub headers: BTreeMap<String, String>,
     /// How long one request may take (default 30 s).
     pub timeout: Option<HumanDuration>,
+    /// A PEM bundle to trust besides the system's roots (a master behind a private CA).
+    pub ca_file: Option<String>,
 }
 
 impl SinkType for Webhook {
     const TYPE: &'static str = "webhook";
     type Config = WebhookConfig;
 
-    fn check(&self, _: &SinkContext, config: &WebhookConfig) -> Result<(), Refusal> {
+    fn check(&self, context: &SinkContext, config: &WebhookConfig) -> Result<(), Refusal> {
+        http::check_ca_file(context, config.ca_file.as_deref())?;
         http::check_timeout(config.timeout)?;
         http::check_url(&config.url)?;
         header_map(config)
@@ -52,8 +55,12 @@ impl SinkType for Webhook {
             .map_err(|message| Refusal::at("headers", message))
     }
 
-    fn open(&self, _: &SinkContext, config: WebhookConfig) -> Result<Arc<dyn Sink>, String> {
-        let client = http::client(config.timeout.map(|t| t.0))?;
+    fn open(&self, context: &SinkContext, config: WebhookConfig) -> Result<Arc<dyn Sink>, String> {
+        let client = http::client(
+            context,
+            config.timeout.map(|t| t.0),
+            config.ca_file.as_deref(),
+        )?;
         let headers = header_map(&config)?;
         Ok(Arc::new(WebhookSink {
             client,

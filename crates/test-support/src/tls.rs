@@ -170,6 +170,85 @@ fn openssl(args: &[&str]) {
     );
 }
 
+/// A real https server — Python's `http.server` wrapped in `ssl` with a [`ServerCert`] —
+/// that answers every `POST` 200 and keeps its body: the receiving end for the HTTP
+/// sinks' `ca_file`. Stopped when dropped.
+pub struct HttpsReceiver {
+    child: std::process::Child,
+    pub port: u16,
+    bodies: PathBuf,
+}
+
+/// Binds 127.0.0.1:0, prints the port, appends each POST body as one line to a file.
+const RECEIVER_SCRIPT: &str = r#"
+import http.server, ssl, sys
+cert, key, bodies = sys.argv[1:4]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(bodies, "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl HttpsReceiver {
+    pub fn start(cert: &ServerCert, dir: &Path) -> HttpsReceiver {
+        use std::io::BufRead;
+        let bodies = dir.join("received.jsonl");
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(RECEIVER_SCRIPT)
+            .arg(&cert.cert)
+            .arg(&cert.key)
+            .arg(&bodies)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the receiver prints its port");
+        let port = line.trim().parse().expect("a port number");
+        HttpsReceiver {
+            child,
+            port,
+            bodies,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/hook`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The bodies received so far, one per request.
+    pub fn bodies(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.bodies)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
