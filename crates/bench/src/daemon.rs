@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use polld_backend::Cursor;
 
-use crate::fixture::{GitDaemon, Repos, RequestCounter};
+use crate::fixture::{Repos, RequestCounter};
 use crate::util::{Rng, copy_tree_many, free_port, git, stdout_of};
 
 /// What the daemon run needs from the rest of the benchmark.
@@ -20,7 +20,7 @@ pub struct DaemonPlan<'a> {
     pub polld: &'a Path,
     pub root: &'a Path,
     pub repos: &'a Repos,
-    pub gitd: &'a GitDaemon,
+    pub remote: &'a DaemonRemote<'a>,
     /// The cursor every repository's poller has (they are identical copies).
     pub cursor: &'a Cursor,
     /// A mirror made by a first poll, copied to every poller (state as after a restart).
@@ -32,8 +32,22 @@ pub struct DaemonPlan<'a> {
     pub seed: u64,
 }
 
+/// Where the daemon's pollers poll, and how the server's log shows one listing.
+pub struct DaemonRemote<'a> {
+    /// For the report: `git://`, `https://`.
+    pub label: &'static str,
+    /// A repository's `repo`, by its name under the fixture's base.
+    pub url: &'a dyn Fn(&str) -> String,
+    /// More keys for every poller (`ca_file = "…"`).
+    pub poller_keys: String,
+    /// The server's request log, and what marks one listing's line in it.
+    pub log: PathBuf,
+    pub marker: &'static str,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DaemonResult {
+    pub transport: &'static str,
     pub pollers: usize,
     pub interval: Duration,
     pub seconds: u64,
@@ -54,6 +68,10 @@ pub struct DaemonResult {
     pub cpu_ms_per_poll_steady: f64,
     pub rss_max_kib: u64,
     pub hwm_kib: u64,
+    /// polld's open sockets (its outbound connections, plus the control endpoint's
+    /// listener): the most, and at the end of the measured window.
+    pub sockets_max: usize,
+    pub sockets_last: usize,
     pub metrics_ok: u64,
     pub metrics_error: u64,
     /// `poll failed` lines in polld's log, and the first few warning lines.
@@ -78,6 +96,27 @@ impl Latency {
     pub fn max(&self) -> f64 {
         self.seconds.iter().copied().fold(0.0, f64::max)
     }
+}
+
+/// State as after a restart: every poller's cursor current, every mirror filled (a
+/// copy of `mirror`).
+pub(crate) fn seed_state(
+    state: &Path,
+    names: &[String],
+    cursor: &Cursor,
+    mirror: &Path,
+) -> Result<()> {
+    {
+        let store = polld_store_sqlite::Database::open(state)?;
+        for name in names {
+            store.commit_poll(name, "git", cursor, &[])?;
+        }
+    }
+    let mirrors: Vec<PathBuf> = names
+        .iter()
+        .map(|name| state.join("mirrors").join(name))
+        .collect();
+    copy_tree_many(mirror, &mirrors)
 }
 
 /// polld's process, killed on drop.
@@ -121,6 +160,16 @@ pub(crate) fn proc_rss(pid: u32) -> Option<(u64, u64)> {
             .ok()
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// How many of `pid`'s file descriptors are sockets.
+fn open_sockets(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
 }
 
 /// A plain HTTP/1.1 GET on 127.0.0.1: (status, body).
@@ -239,19 +288,8 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
         .map(|r| r.trim_end_matches(".git").to_owned())
         .collect();
 
-    // State as after a restart: every cursor current, every mirror filled.
     eprintln!("polld-bench: seeding the daemon's state ({n} cursors and mirrors)");
-    {
-        let store = polld_store_sqlite::Database::open(&state)?;
-        for name in &names {
-            store.commit_poll(name, "git", plan.cursor, &[])?;
-        }
-    }
-    let mirrors: Vec<PathBuf> = names
-        .iter()
-        .map(|name| state.join("mirrors").join(name))
-        .collect();
-    copy_tree_many(plan.mirror, &mirrors)?;
+    seed_state(&state, &names, plan.cursor, plan.mirror)?;
 
     let port = free_port()?;
     let mut config = format!(
@@ -262,15 +300,16 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
     );
     for (name, repo) in names.iter().zip(&plan.repos.names) {
         config.push_str(&format!(
-            "\n[[poller]]\nname = \"{name}\"\ntype = \"git\"\nrepo = \"{}\"\nbranches = [\"main\"]\n",
-            plan.gitd.url(repo)
+            "\n[[poller]]\nname = \"{name}\"\ntype = \"git\"\nrepo = \"{}\"\nbranches = [\"main\"]\n{}",
+            (plan.remote.url)(repo),
+            plan.remote.poller_keys
         ));
     }
     let config_path = dir.join("pollers.toml");
     std::fs::write(&config_path, config)?;
     let log_path = dir.join("polld.log");
 
-    let mut requests = RequestCounter::at_end(&plan.gitd.log)?;
+    let mut requests = RequestCounter::at_end(&plan.remote.log, plan.remote.marker)?;
     let mut sink = SinkReader::new(dir.join("changes.jsonl"));
     eprintln!(
         "polld-bench: running `polld run` with {n} pollers every {} for {} s",
@@ -294,6 +333,7 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
     let pid = polld.0.id();
 
     let mut result = DaemonResult {
+        transport: plan.remote.label,
         pollers: n,
         interval: plan.interval,
         seconds: plan.seconds,
@@ -365,6 +405,8 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
             if let Some((rss, _)) = proc_rss(pid) {
                 result.rss_max_kib = result.rss_max_kib.max(rss);
             }
+            result.sockets_last = open_sockets(pid);
+            result.sockets_max = result.sockets_max.max(result.sockets_last);
             let ended = last_second as usize - 1;
             if result.steady_start.is_none()
                 && result.launch_done_at.is_some()

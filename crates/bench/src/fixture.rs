@@ -218,24 +218,30 @@ impl Drop for GitDaemon {
 }
 
 /// Counts the requests `git daemon --verbose` logged after a starting offset.
+/// What marks one listing in `git daemon --verbose`'s log.
+pub const GIT_DAEMON_REQUEST: &str = "Request upload-pack";
+
+/// Counts a server's requests as its log grows.
 pub struct RequestCounter {
     file: File,
+    marker: &'static [u8],
     partial: Vec<u8>,
 }
 
 impl RequestCounter {
-    /// Starts counting at the log's current end.
-    pub fn at_end(log: &Path) -> Result<RequestCounter> {
+    /// Starts counting, at the log's current end, the lines that contain `marker`.
+    pub fn at_end(log: &Path, marker: &'static str) -> Result<RequestCounter> {
         use std::io::{Seek, SeekFrom};
         let mut file = File::open(log)?;
         file.seek(SeekFrom::End(0))?;
         Ok(RequestCounter {
             file,
+            marker: marker.as_bytes(),
             partial: Vec::new(),
         })
     }
 
-    /// Requests (`Request upload-pack for ...` lines) logged since the last call.
+    /// Requests (lines with the marker) logged since the last call.
     pub fn new_requests(&mut self) -> usize {
         use std::io::Read;
         let mut buf = Vec::new();
@@ -249,10 +255,7 @@ impl RequestCounter {
         let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
         complete
             .split(|&b| b == b'\n')
-            .filter(|line| {
-                line.windows(b"Request upload-pack".len())
-                    .any(|w| w == b"Request upload-pack")
-            })
+            .filter(|line| line.windows(self.marker.len()).any(|w| w == self.marker))
             .count()
     }
 }

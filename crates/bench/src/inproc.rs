@@ -1,6 +1,6 @@
 //! polld's git pollers driven in-process: the client cost of a poll that finds nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -70,6 +70,27 @@ impl PollStats {
     }
 }
 
+/// How a poller reaches a repository: its URL and the files a config would name for it.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub url: String,
+    /// `ca_file`: the CA that vouches for an https server.
+    pub ca_file: Option<PathBuf>,
+    /// `ssh_key_file` and `known_hosts_file` of an ssh poller.
+    pub ssh_key_file: Option<PathBuf>,
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+impl Access {
+    /// A URL that needs no files.
+    pub fn url(url: &str) -> Access {
+        Access {
+            url: url.to_owned(),
+            ..Access::default()
+        }
+    }
+}
+
 /// A tokio runtime like polld's (multi-threaded, one worker per core) and the backend.
 pub struct InProcess {
     pub runtime: Runtime,
@@ -90,9 +111,22 @@ impl InProcess {
     /// A git poller watching `main` of `url`, built as polld builds it from a config
     /// (`Backend::build`), its mirror under `<state_dir>/mirrors/<name>`.
     pub fn poller(&self, name: &str, url: &str, state_dir: &Path) -> Result<Arc<dyn Poller>> {
-        let context = PollerContext::new(name, url, state_dir, state_dir);
+        self.poller_with(name, &Access::url(url), state_dir)
+    }
+
+    /// [`InProcess::poller`] with the TLS and ssh files `access` names.
+    pub fn poller_with(
+        &self,
+        name: &str,
+        access: &Access,
+        state_dir: &Path,
+    ) -> Result<Arc<dyn Poller>> {
+        let mut context = PollerContext::new(name, &access.url, state_dir, state_dir);
+        context.ca_file.clone_from(&access.ca_file);
         let config = GitConfig {
             branches: Some(polld_backend::StringList(vec!["main".to_owned()])),
+            ssh_key_file: access.ssh_key_file.clone(),
+            known_hosts_file: access.known_hosts_file.clone(),
             ..GitConfig::default()
         };
         Backend::build(&self.backend, context, config).map_err(|e| anyhow!("{name}: {e}"))

@@ -10,9 +10,11 @@
 mod daemon;
 mod fixture;
 mod inproc;
+mod once;
 mod procs;
 mod report;
 mod soak;
+mod transports;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +26,10 @@ use clap::Parser;
 
 pub use crate::daemon::{DaemonResult, Latency};
 pub use crate::inproc::PollStats;
+pub use crate::once::OnceResult;
 pub use crate::report::{RefsResult, Report};
 pub use crate::soak::{Sample, SoakReport};
+pub use crate::transports::TransportRow;
 
 /// Benchmarks polld's git polling against Buildbot's GitPoller command sequence and
 /// `git ls-remote`, on a fixture of N repositories served by a local `git daemon`.
@@ -53,9 +57,24 @@ pub struct Options {
     /// Refs in the big repository (refs/heads/main plus refs/changes/*)
     #[arg(long, default_value_t = 100_000)]
     pub big_refs_count: usize,
+    /// Also compare the transports (git://, http://, https://, ssh://) on a warm
+    /// connection, against real servers (Apache, sshd), each with 10 and --big-refs-count refs
+    #[arg(long)]
+    pub transports: bool,
+    /// Seconds each transport row polls polld for (at least 100 polls of 10 refs, 5 of
+    /// many refs)
+    #[arg(long, default_value_t = 4)]
+    pub transport_seconds: u64,
+    /// `polld once` over this many git:// pollers vs as many `git ls-remote`s; 0 skips it
+    #[arg(long, default_value_t = 200)]
+    pub once_pollers: usize,
     /// Run the real daemon (`polld run`) for this many seconds; 0 skips it
     #[arg(long, default_value_t = 0)]
     pub daemon_seconds: u64,
+    /// What the daemon's pollers poll: `git://` (git daemon) or `https://` (Apache's git
+    /// http-backend with a local CA)
+    #[arg(long, value_enum, default_value_t = DaemonTransport::Git)]
+    pub daemon_transport: DaemonTransport,
     /// The daemon's poll interval
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -87,6 +106,12 @@ pub struct Options {
     /// How often the soak run samples the daemon
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub soak_sample: Duration,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonTransport {
+    Git,
+    Https,
 }
 
 impl Options {
@@ -194,6 +219,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 .join("buildbot")
                 .join(repos.names[i].trim_end_matches(".git")),
             known: repos.commit.clone(),
+            env: Vec::new(),
         })
         .collect();
     progress(&format!(
@@ -214,27 +240,97 @@ pub fn run(options: &Options) -> Result<Report> {
     let sample = util::sample_indices(n, options.ls_remote_sample.max(1));
     let urls: Vec<String> = sample.iter().map(|&i| gitd.url(&repos.names[i])).collect();
     progress(&format!("git ls-remote: {} repositories", urls.len()));
-    let ls = |url: &String| procs::ls_remote_poll(url, &repos.commit);
+    let ls = |url: &String| procs::ls_remote_poll(url, &[], &repos.commit);
     procs::measure(&urls[..urls.len().min(32)], 1, options.concurrency, ls);
     report.ls_remote = procs::measure(&urls, 1, options.concurrency, ls);
     report.ls_remote_repos = urls.len();
 
-    // 3. Many refs.
-    if options.big_refs {
-        report.refs = Some(measure_refs(options, &repos, &gitd, &inproc, &state)?);
+    // 3. Many refs, on every transport.
+    if options.big_refs || options.transports {
+        let (small, big) = many_refs_repos(options, &repos)?;
+        if options.big_refs {
+            report.refs = Some(measure_refs(
+                options.big_refs_count,
+                &small,
+                &big,
+                &gitd,
+                &inproc,
+                &state,
+            )?);
+        }
+        if options.transports {
+            let served = transports::RefsRepos {
+                small: &small,
+                big: &big,
+                commit: &repos.commit,
+            };
+            report.transports = transports::measure(
+                &root,
+                &served,
+                &gitd,
+                &inproc,
+                Duration::from_secs(options.transport_seconds),
+            )?;
+        }
     }
 
-    // 4. The daemon.
+    // 4. `polld once`, and 5. the daemon.
+    let mirror = state
+        .join("mirrors")
+        .join(repos.names[0].trim_end_matches(".git"));
+    if options.once_pollers > 0 {
+        report.once = Some(once::run(&once::OncePlan {
+            polld: &locate_polld(options)?,
+            root: &root,
+            repos: &repos,
+            gitd: &gitd,
+            cursor: &cursor,
+            mirror: &mirror,
+            pollers: options.once_pollers,
+            concurrency: options.concurrency,
+        })?);
+    }
     if options.daemon_seconds > 0 {
         let polld = locate_polld(options)?;
-        let mirror = state
-            .join("mirrors")
-            .join(repos.names[0].trim_end_matches(".git"));
+        // Apache, when the daemon polls over https; stopped when dropped.
+        let mut httpd = None;
+        let git_url = |name: &str| gitd.url(name);
+        let https_base;
+        let https_url = |name: &str| format!("{https_base}/{name}");
+        let remote = match options.daemon_transport {
+            DaemonTransport::Git => daemon::DaemonRemote {
+                label: "git://",
+                url: &git_url,
+                poller_keys: String::new(),
+                log: gitd.log.clone(),
+                marker: fixture::GIT_DAEMON_REQUEST,
+            },
+            DaemonTransport::Https => {
+                let dir = root.join("httpd");
+                std::fs::create_dir_all(&dir)?;
+                progress("starting Apache (git http-backend over https)");
+                let server = httpd.insert(polld_test_support::httpd::GitHttpd::start(&dir));
+                // The base's URL exposes every repository under it to Apache's workers.
+                https_base = server.url(
+                    polld_test_support::httpd::Port::Https,
+                    polld_test_support::httpd::Route::Anonymous,
+                    &repos.base,
+                );
+                daemon::DaemonRemote {
+                    label: "https://",
+                    url: &https_url,
+                    poller_keys: format!("ca_file = \"{}\"\n", server.ca_file.display()),
+                    log: server.access_log(),
+                    // Every listing is one POST (discovery is cached).
+                    marker: "\tPOST\t",
+                }
+            }
+        };
         report.daemon = Some(daemon::run(&daemon::DaemonPlan {
             polld: &polld,
             root: &root,
             repos: &repos,
-            gitd: &gitd,
+            remote: &remote,
             cursor: &cursor,
             mirror: &mirror,
             seconds: options.daemon_seconds,
@@ -243,28 +339,37 @@ pub fn run(options: &Options) -> Result<Report> {
             commits: options.commits,
             seed,
         })?);
+        drop(httpd);
     }
     drop(pollers);
     drop(gitd);
     Ok(report)
 }
 
-fn measure_refs(
-    options: &Options,
-    repos: &fixture::Repos,
-    gitd: &fixture::GitDaemon,
-    inproc: &inproc::InProcess,
-    state: &Path,
-) -> Result<RefsResult> {
-    let big_name = format!("refs{}.git", options.big_refs_count);
+/// A copy of the fixture's template with 10 refs and one with `--big-refs-count`.
+fn many_refs_repos(options: &Options, repos: &fixture::Repos) -> Result<(PathBuf, PathBuf)> {
     progress(&format!(
         "creating a repository with {} refs and one with 10",
         options.big_refs_count
     ));
-    fixture::create_many_refs_repo(repos, "refs10.git", 10)?;
-    fixture::create_many_refs_repo(repos, &big_name, options.big_refs_count)?;
-    let small = inproc.poller("refs10", &gitd.url("refs10.git"), state)?;
-    let big = inproc.poller("refsbig", &gitd.url(&big_name), state)?;
+    let big_name = format!("refs{}.git", options.big_refs_count);
+    Ok((
+        fixture::create_many_refs_repo(repos, "refs10.git", 10)?,
+        fixture::create_many_refs_repo(repos, &big_name, options.big_refs_count)?,
+    ))
+}
+
+fn measure_refs(
+    big_refs: usize,
+    small: &Path,
+    big: &Path,
+    gitd: &fixture::GitDaemon,
+    inproc: &inproc::InProcess,
+    state: &Path,
+) -> Result<RefsResult> {
+    let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let small = inproc.poller("refs10", &gitd.url(&name(small).unwrap_or_default()), state)?;
+    let big = inproc.poller("refsbig", &gitd.url(&name(big).unwrap_or_default()), state)?;
     let small_cursor = inproc.first_poll(&small)?;
     let big_cursor = inproc.first_poll(&big)?;
     progress("polling both, one poll at a time");
@@ -272,7 +377,7 @@ fn measure_refs(
     inproc.measure_sequential(&big, &big_cursor, 2, 2, Duration::ZERO);
     Ok(RefsResult {
         small_refs: 10,
-        big_refs: options.big_refs_count,
+        big_refs,
         small: inproc.measure_sequential(&small, &small_cursor, 50, 2000, Duration::from_secs(3)),
         big: inproc.measure_sequential(&big, &big_cursor, 5, 500, Duration::from_secs(8)),
     })

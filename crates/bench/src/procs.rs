@@ -17,6 +17,9 @@ pub struct BuildbotRepo {
     pub workdir: PathBuf,
     /// The head recorded at the previous poll (Buildbot's `lastRev`).
     pub known: String,
+    /// Environment for its git processes (`GIT_SSL_CAINFO`, `GIT_SSH_COMMAND`), as
+    /// Buildbot sets for a CA or an ssh key.
+    pub env: Vec<(String, String)>,
 }
 
 /// Buildbot's tracker ref for `url`'s `main`: `refs/buildbot/<urlquote(url, '')>/heads/main`.
@@ -39,6 +42,11 @@ fn tracker_ref(url: &str) -> String {
 pub fn buildbot_poll(repo: &BuildbotRepo) -> Result<()> {
     let tracker = tracker_ref(&repo.url);
     let dir: &Path = &repo.workdir;
+    let git = || {
+        let mut cmd = git();
+        cmd.envs(repo.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    };
     stdout_of(git().arg("--version"))?;
     stdout_of(git().args(["init", "--bare"]).arg(dir))?;
     let listed = stdout_of(git().current_dir(dir).args([
@@ -73,9 +81,14 @@ pub fn buildbot_poll(repo: &BuildbotRepo) -> Result<()> {
     Ok(())
 }
 
-/// One `git ls-remote URL` (every ref, as polld's listing receives them).
-pub fn ls_remote_poll(url: &str, expect: &str) -> Result<()> {
-    let listed = stdout_of(git().args(["ls-remote", url]))?;
+/// One `git ls-remote URL` (every ref, as polld's listing receives them), with `env`
+/// (see [`BuildbotRepo::env`]).
+pub fn ls_remote_poll(url: &str, env: &[(String, String)], expect: &str) -> Result<()> {
+    let listed = stdout_of(
+        git()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["ls-remote", url]),
+    )?;
     if !listed.contains(expect) {
         bail!("ls-remote of {url} did not list {expect}: {listed:?}");
     }

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use crate::Options;
 use crate::daemon::DaemonResult;
 use crate::inproc::PollStats;
+use crate::once::OnceResult;
+use crate::transports::TransportRow;
 
 /// The many-refs comparison: the same no-change poll of `main`.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +42,8 @@ pub struct Report {
     pub ls_remote: PollStats,
     pub ls_remote_repos: usize,
     pub refs: Option<RefsResult>,
+    pub transports: Vec<TransportRow>,
+    pub once: Option<OnceResult>,
     pub daemon: Option<DaemonResult>,
 }
 
@@ -61,6 +65,8 @@ impl Default for Report {
             ls_remote: PollStats::default(),
             ls_remote_repos: 0,
             refs: None,
+            transports: Vec::new(),
+            once: None,
             daemon: None,
         }
     }
@@ -112,6 +118,24 @@ impl Report {
             check("polld, 10 refs", &refs.small);
             check("polld, many refs", &refs.big);
         }
+        for row in &self.transports {
+            check(
+                &format!("polld over {}, 10 refs", row.transport),
+                &row.polld_small,
+            );
+            check(
+                &format!("polld over {}, many refs", row.transport),
+                &row.polld_big,
+            );
+            check(
+                &format!("git ls-remote over {}", row.transport),
+                &row.ls_remote_small,
+            );
+            check(
+                &format!("Buildbot's sequence over {}", row.transport),
+                &row.buildbot_small,
+            );
+        }
         if let Some(d) = &self.daemon {
             if d.metrics_ok == 0 {
                 problems.push("daemon: /metrics counted no successful poll".into());
@@ -143,7 +167,7 @@ impl Report {
         let _ = writeln!(s, "## polld benchmark\n");
         let _ = writeln!(
             s,
-            "`polld-bench --repos {}{}{}` ({} build) on {} cores (`available_parallelism`), {}; \
+            "`polld-bench --repos {}{}{}{}` ({} build) on {} cores (`available_parallelism`), {}; \
              N = {} bare repositories served by `git daemon` on 127.0.0.x (created in {:.1} s); \
              every measured poll finds nothing (the cursor is current).\n",
             o.repos,
@@ -152,11 +176,17 @@ impl Report {
             } else {
                 String::new()
             },
+            if o.transports { " --transports" } else { "" },
             if o.daemon_seconds > 0 {
                 format!(
-                    " --daemon-seconds {} --interval {}",
+                    " --daemon-seconds {} --interval {}{}",
                     o.daemon_seconds,
-                    humantime::format_duration(o.interval)
+                    humantime::format_duration(o.interval),
+                    if o.daemon_transport == crate::DaemonTransport::Https {
+                        " --daemon-transport https"
+                    } else {
+                        ""
+                    }
                 )
             } else {
                 String::new()
@@ -258,12 +288,35 @@ impl Report {
             );
         }
 
+        self.transports_markdown(&mut s);
+        if let Some(once) = &self.once {
+            let _ = writeln!(
+                s,
+                "### `polld once` over {n} git:// pollers vs {n} `git ls-remote`s\n\n\
+                 | run | CPU ms | wall ms |\n|---|---:|---:|\n\
+                 | `polld once`, {n} pollers (start-up included) | {} | {} |\n\
+                 | `polld once`, 1 poller (≈ start-up) | {} | {} |\n\
+                 | {n} `git ls-remote` processes, one after another | {} | {} |\n\
+                 | **ls-remote / polld** | **{}** | |\n\n\
+                 - whole processes (`RUSAGE_CHILDREN`), state as after a restart (nothing to fetch); \
+                 polld's mean over 5 runs after one unmeasured run.\n",
+                ms(crate::util::ms(once.polld_cpu)),
+                ms(crate::util::ms(once.polld_wall)),
+                ms(crate::util::ms(once.single_cpu)),
+                ms(crate::util::ms(once.single_wall)),
+                ms(crate::util::ms(once.ls_remote_cpu)),
+                ms(crate::util::ms(once.ls_remote_wall)),
+                ratio(once.ratio()),
+                n = once.pollers,
+            );
+        }
+
         if let Some(d) = &self.daemon {
             let interval = humantime::format_duration(d.interval);
             let _ = writeln!(
                 s,
-                "### The daemon: `polld run`, {} git pollers every {interval}, {} s\n",
-                d.pollers, d.seconds
+                "### The daemon: `polld run`, {} {} pollers every {interval}, {} s\n",
+                d.pollers, d.transport, d.seconds
             );
             let _ = writeln!(s, "| measure | value |\n|---|---:|");
             let launch = d
@@ -322,6 +375,11 @@ impl Report {
             );
             let _ = writeln!(
                 s,
+                "| sockets open (outbound connections + the control listener): max / at the end | {} / {} |",
+                d.sockets_max, d.sockets_last
+            );
+            let _ = writeln!(
+                s,
                 "| polls (from `/metrics`): ok / error | {} / {} |",
                 d.metrics_ok, d.metrics_error
             );
@@ -346,7 +404,8 @@ impl Report {
             let _ = writeln!(
                 s,
                 "\n- polld's CPU from `/proc/<pid>/stat` (utime+stime), RSS from `/proc/<pid>/status`; \
-                 polls per second counted from `git daemon --verbose`'s request log. The daemon starts \
+                 polls per second counted from the server's request log (`git daemon --verbose`; \
+                 Apache's access log, one `POST` per listing). The daemon starts \
                  from seeded state (every cursor current, every mirror filled, as after a restart); \
                  `at_launch` polls every poller once at start, then each poller keeps a grid offset \
                  hashed from its name. The steady window starts at the first second after the launch \
@@ -384,11 +443,13 @@ impl Report {
             );
             if d.steady_seconds > 0 {
                 let peak = d.polls_per_sec_max as f64 / d.polls_per_sec_mean.max(1e-9);
+                let limit = if d.transport == "https://" { 5.0 } else { 15.0 };
                 let _ = writeln!(
                     s,
-                    "| < 15 % of one core (10,000 pollers / 60s; here {at}) | {:.2} % | {} |",
+                    "| ≤ {limit} % of one core (10,000 {} pollers / 60s; here {at}) | {:.2} % | {} |",
+                    d.transport,
                     d.cpu_pct_steady,
-                    verdict(d.cpu_pct_steady < 15.0)
+                    verdict(d.cpu_pct_steady <= limit)
                 );
                 let _ = writeln!(
                     s,
@@ -404,6 +465,34 @@ impl Report {
                 verdict((d.hwm_kib as f64) * 1024.0 < 150e6)
             );
         }
+        for row in &self.transports {
+            let cpu = row.polld_small.cpu_ms_per_poll();
+            let limit = if row.transport == "ssh://" { 0.3 } else { 0.15 };
+            let _ = writeln!(
+                s,
+                "| no-change poll over {} ≤ {limit} ms client CPU | {} ms | {} |",
+                row.transport,
+                ms(cpu),
+                verdict(cpu <= limit)
+            );
+            let _ = writeln!(
+                s,
+                "| over {}: {} refs ≤ 1.5× 10 refs (CPU) | {} | {} |",
+                row.transport,
+                self.options.big_refs_count,
+                ratio(row.refs_ratio()),
+                verdict(row.refs_ratio() <= 1.5)
+            );
+        }
+        if let Some(once) = &self.once {
+            let _ = writeln!(
+                s,
+                "| `polld once` over {n} git:// pollers ≤ 1/5 the CPU of {n} `git ls-remote`s | 1/{:.1} | {} |",
+                once.ratio(),
+                verdict(once.ratio() >= 5.0),
+                n = once.pollers
+            );
+        }
         if let Some(r) = &self.refs {
             let _ = writeln!(
                 s,
@@ -415,5 +504,51 @@ impl Report {
             );
         }
         s
+    }
+
+    fn transports_markdown(&self, s: &mut String) {
+        if self.transports.is_empty() {
+            return;
+        }
+        let big = self.options.big_refs_count;
+        let _ = writeln!(
+            s,
+            "### Per transport: a no-change poll of `main`, client CPU ms\n\n\
+             | transport | polld, 10 refs | polld, {big} refs | {big} / 10 | one `git ls-remote` (10 / {big} refs) | Buildbot's sequence | ls-remote / polld | Buildbot / polld |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for row in &self.transports {
+            let polld = row.polld_small.cpu_ms_per_poll().max(1e-9);
+            let _ = writeln!(
+                s,
+                "| {} | **{}** | {} | {} | {} / {} | {} | **{}** | **{}** |",
+                row.transport,
+                ms(row.polld_small.cpu_ms_per_poll()),
+                ms(row.polld_big.cpu_ms_per_poll()),
+                ratio(row.refs_ratio()),
+                ms(row.ls_remote_small.cpu_ms_per_poll()),
+                ms(row.ls_remote_big.cpu_ms_per_poll()),
+                ms(row.buildbot_small.cpu_ms_per_poll()),
+                ratio(row.ls_remote_small.cpu_ms_per_poll() / polld),
+                ratio(row.buildbot_small.cpu_ms_per_poll() / polld),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n- one poll at a time; polld in-process on a warm connection (pooled HTTP, one TLS \
+             session, one ssh session), CPU from `RUSAGE_SELF`; git's processes (and their `ssh`) \
+             from `RUSAGE_CHILDREN`. Servers on 127.0.0.1: `git daemon`, Apache 2.4 with `git \
+             http-backend` (HTTP/2 over TLS, a CA made by the benchmark), OpenSSH's sshd with \
+             `AcceptEnv GIT_PROTOCOL`; their CPU is not counted. polld's latency, 10 refs: {}.\n",
+            self.transports
+                .iter()
+                .map(|row| format!(
+                    "{} {} ms",
+                    row.transport,
+                    ms(row.polld_small.latency_ms_mean())
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
 }

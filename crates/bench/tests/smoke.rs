@@ -18,6 +18,13 @@ fn a_small_run_is_correct() {
         "--big-refs",
         "--big-refs-count",
         "2000",
+        "--transports",
+        "--transport-seconds",
+        "0",
+        "--once-pollers",
+        "5",
+        "--daemon-transport",
+        "https",
         "--daemon-seconds",
         "5",
         "--interval",
@@ -39,6 +46,13 @@ fn a_small_run_is_correct() {
     let refs = report.refs.as_ref().expect("--big-refs was measured");
     assert!(refs.small.polls > 0 && refs.small.failed == 0);
     assert!(refs.big.polls > 0 && refs.big.failed == 0);
+    let transports: Vec<&str> = report.transports.iter().map(|t| t.transport).collect();
+    assert_eq!(
+        transports,
+        ["git://", "http://", "https:// (local CA)", "ssh://"]
+    );
+    let once = report.once.as_ref().expect("`polld once` was measured");
+    assert_eq!(once.pollers, 5);
 
     let daemon = report.daemon.as_ref().expect("the daemon ran");
     assert!(daemon.metrics_ok >= 20, "every poller polled at least once");
@@ -58,7 +72,9 @@ fn a_small_run_is_correct() {
         "| (a) buildbot-sequence",
         "| (b) git ls-remote",
         "### Many refs",
-        "### The daemon: `polld run`, 20 git pollers every 2s, 5 s",
+        "### Per transport",
+        "### `polld once` over 5 git:// pollers",
+        "### The daemon: `polld run`, 20 https:// pollers every 2s, 5 s",
         "| commits → change in the jsonl sink: arrived | 3 of 3 |",
         "### Targets",
     ] {
