@@ -9,6 +9,12 @@
 //! A kept connection the server has closed meanwhile is noticed on use and opened
 //! again, once per poll. A connection that cannot be made, or an answer this client
 //! does not know, is left to `svn info` (see `check.rs`).
+//!
+//! Written here rather than taken from a crate: no Rust crate speaks ra_svn without
+//! linking Subversion's C libraries and APR (the bindings), which would put a C
+//! library's networking, and its failures, inside the daemon. What the check needs is
+//! small and stable since svn 1.0: the wire format (`wire.rs`), a greeting, ANONYMOUS or
+//! CRAM-MD5 (`cram.rs`) and two commands (`session.rs`), every read bounded.
 
 mod conn;
 mod cram;
