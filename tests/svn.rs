@@ -1,15 +1,16 @@
 //! End-to-end: `polld once` against real Subversion repositories, over `file://`
-//! (local paths too), `svn://` (svnserve) and `http://` (Apache with mod_dav_svn),
-//! asserting whole change records.
-//!
-//! https:// is not covered: polld reaches it through the same `svn` client as http://.
+//! (local paths too), `svn://` (svnserve), `http://` and `https://` (Apache with
+//! mod_dav_svn, its certificate from a CA only `ca_file` names), asserting whole change
+//! records.
 
 // Tests may unwrap: a panic is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
 use polld_test_support::svn::*;
+use polld_test_support::tls::TestCa;
 use polld_test_support::*;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 #[track_caller]
 fn first_poll(polld: &Polld) {
@@ -504,6 +505,50 @@ fn http_basic_auth_delivers_and_a_wrong_password_fails_without_showing_it() {
 }
 
 #[test]
+fn https_with_ca_file_delivers_and_without_it_the_certificate_is_refused() {
+    let repo = SvnRepo::with_standard_layout();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path(), "svn-e2e");
+    let server = SvnHttpServer::start_https(repo.dir.path(), None, &ca.server_cert("server"));
+    // svn matches the host against the certificate's DNS names only: `localhost`.
+    let url = server.url("repo/trunk").replace("127.0.0.1", "localhost");
+    let ca_file = format!("ca_file = {}\n", toml_str(ca.cert.to_str().unwrap()));
+    let polld =
+        Polld::new(&(svn_poller("trusted", &url, &ca_file) + &svn_poller("untrusted", &url, "")));
+
+    let out = polld.once(&[]);
+    out.expect_code(1);
+    assert!(out.records().is_empty(), "{}", out.describe());
+    assert_eq!(cursor(&polld, "trusted"), json!({"revision": 1}));
+    let status = polld.status_of("untrusted");
+    assert!(status["cursor"].is_null(), "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("certificate verification failed: issuer is not trusted"),
+        "{status}"
+    );
+
+    let r3 = repo.put(&[("trunk/a.c", "a\n")], "Over https");
+    let out = polld.once(&[]);
+    out.expect_code(1);
+    assert_changes(
+        &out.records(),
+        &[repo.expected("trusted", &url, None, None, r3, &["a.c"])],
+    );
+    assert_eq!(cursor(&polld, "trusted"), json!({"revision": r3}));
+    // The check was polld's own (its user agent), the log svn's; both trusted ca_file.
+    wait_until(Duration::from_secs(10), "Apache's access log", || {
+        let requests = server.requests();
+        let by = |method: &str, client: &str| {
+            requests
+                .iter()
+                .any(|r| r.starts_with(method) && r.contains(" 200 ") && r.contains(client))
+        };
+        by("OPTIONS", " polld/") && by("REPORT", " SVN/")
+    });
+}
+
+#[test]
 fn a_server_that_stops_answering_fails_only_its_own_poller() {
     let remote = SvnRepo::with_standard_layout();
     let mut server = Svnserve::start(remote.dir.path());
@@ -524,7 +569,7 @@ fn a_server_that_stops_answering_fails_only_its_own_poller() {
     let out = polld.once(&[]);
     out.expect_code(1);
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(30),
         "{}",
         out.describe()
     );

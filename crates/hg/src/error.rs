@@ -41,6 +41,9 @@ pub(crate) enum HgError {
         command: &'static str,
         detail: String,
     },
+    /// The http check's client could not be built (an unreadable `ca_file`).
+    #[error("{0}")]
+    HttpSetup(String),
     #[error("GET {url}: {message}")]
     Http { url: String, message: String },
     #[error("GET {url}: the server answered {status}, not a Mercurial wire-protocol reply")]

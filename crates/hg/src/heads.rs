@@ -11,6 +11,7 @@
 //! branch moves its heads like any commit does.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -113,14 +114,17 @@ const MAX_ANSWER: usize = 16 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct WireClient {
     timeout: Duration,
+    /// Trusted in addition to the system's roots (the poller's `ca_file`).
+    ca_file: Option<PathBuf>,
     client: OnceLock<reqwest::Client>,
 }
 
 impl WireClient {
     /// A client whose every request ends within `timeout`, whatever the server sends.
-    pub(crate) fn new(timeout: Duration) -> WireClient {
+    pub(crate) fn new(timeout: Duration, ca_file: Option<PathBuf>) -> WireClient {
         WireClient {
             timeout,
+            ca_file,
             client: OnceLock::new(),
         }
     }
@@ -133,18 +137,26 @@ impl WireClient {
         // anyway, and a reused connection to `hg serve` (Python's http.server, which
         // writes headers and body separately) stalls 40 ms per request on Nagle plus
         // delayed ACK, where a fresh one answers in 1-2 ms.
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .connect_timeout(self.timeout.min(Duration::from_secs(30)))
-            .timeout(self.timeout)
-            .build()
-            .map_err(|e| HgError::Http {
-                url: String::new(),
-                message: format!(
-                    "cannot set up an HTTP client: {}",
-                    polld_backend::one_line(&e)
-                ),
+            .timeout(self.timeout);
+        if let Some(ca_file) = &self.ca_file {
+            let shown = ca_file.display();
+            let pem = std::fs::read(ca_file)
+                .map_err(|e| HgError::HttpSetup(format!("cannot read ca_file {shown}: {e}")))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                HgError::HttpSetup(format!("ca_file {shown}: {}", polld_backend::one_line(&e)))
             })?;
+            // In addition to the system's roots, as the contract says.
+            builder = builder.tls_certs_merge(certificates);
+        }
+        let client = builder.build().map_err(|e| {
+            HgError::HttpSetup(format!(
+                "cannot set up an HTTP client: {}",
+                polld_backend::one_line(&e)
+            ))
+        })?;
         Ok(self.client.get_or_init(|| client))
     }
 

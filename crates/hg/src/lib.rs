@@ -30,6 +30,7 @@
 //!   heads are reported: never a whole history.
 //! - Text that is not UTF-8 (file names) is converted lossily (U+FFFD).
 
+mod cacerts;
 mod cursor;
 mod error;
 mod heads;
@@ -100,11 +101,16 @@ impl Backend for HgBackend {
         let watch = Watch::new(&branches.0, &config.bookmarks.0)?;
         let auth = auth_config(&config, &location)?;
         let wire = match location.transport {
-            Transport::Http(_) => Some(WireClient::new(context.timeout)),
+            Transport::Http(_) => Some(WireClient::new(context.timeout, context.ca_file.clone())),
             _ => None,
         };
-        let mirror = Mirror::new(context.mirror_dir, context.secrets_dir, context.timeout)
-            .map_err(|e| scrub(e.to_string()))?;
+        let mirror = Mirror::new(
+            context.mirror_dir,
+            context.secrets_dir,
+            context.timeout,
+            context.ca_file,
+        )
+        .map_err(|e| scrub(e.to_string()))?;
         Ok(Arc::new(HgPoller::new(
             Settings {
                 name: context.name,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use polld_backend::process::ProcessError;
 
+use crate::cacerts;
 use crate::error::HgError;
 use crate::heads::is_node;
 use crate::hg::{Hg, Invocation};
@@ -58,6 +59,8 @@ pub(crate) struct Mirror {
     hg: Hg,
     /// The deadline of each hg command.
     timeout: Duration,
+    /// The poller's `ca_file`, trusted by `hg pull` (see `cacerts.rs`).
+    ca_file: Option<PathBuf>,
     /// The rc and the extension are known to be on disk with the right content.
     prepared: AtomicBool,
 }
@@ -67,6 +70,7 @@ impl Mirror {
         dir: PathBuf,
         secrets_dir: PathBuf,
         timeout: Duration,
+        ca_file: Option<PathBuf>,
     ) -> Result<Mirror, HgError> {
         let rc = dir.join("hgrc");
         let extension = dir.join("polld_heads.py");
@@ -94,6 +98,7 @@ impl Mirror {
             },
             dir,
             timeout,
+            ca_file,
             prepared: AtomicBool::new(false),
         })
     }
@@ -223,6 +228,13 @@ impl Mirror {
         self.recover().await?;
         let mut args: Vec<OsString> = vec!["pull".into(), "-q".into(), "-R".into()];
         args.push(self.repo.clone().into());
+        if let Some(ca_file) = &self.ca_file {
+            let bundle = cacerts::bundle(ca_file, &self.dir).await?;
+            let mut option = OsString::from("web.cacerts=");
+            option.push(bundle);
+            args.push("--config".into());
+            args.push(option);
+        }
         for node in nodes {
             args.push("-r".into());
             args.push((*node).into());

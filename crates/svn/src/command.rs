@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! svn <command> --xml --non-interactive --no-auth-cache --config-dir <private dir>
+//!     [--config-option servers:global:ssl-authority-files=<ca_file>]
 //!     [--username=<user> --password-from-stdin] <options> -- <URL@PEG>
 //! ```
 //!
@@ -30,6 +31,7 @@
 //!   answers cannot stall a poller forever. Server certificate failures are never
 //!   waved through (`--trust-server-cert-failures` is not used).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,9 @@ impl std::fmt::Debug for Login {
 pub(crate) struct Svn {
     pub(crate) config_dir: PathBuf,
     pub(crate) timeout: Duration,
+    /// The poller's `ca_file`: trusted as svn's `ssl-authority-files`, which svn adds
+    /// to the system's certificates (`ssl-trust-default-ca` stays on).
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl Svn {
@@ -83,6 +88,11 @@ impl Svn {
                 "--config-dir",
             ])
             .arg(&self.config_dir);
+        if let Some(ca_file) = &self.ca_file {
+            let mut option = OsString::from("servers:global:ssl-authority-files=");
+            option.push(ca_file);
+            cmd = cmd.arg("--config-option").arg(option);
+        }
         if let Some(username) = &login.username {
             cmd = cmd.arg(format!("--username={username}"));
         }

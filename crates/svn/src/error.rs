@@ -56,6 +56,24 @@ pub(crate) enum SvnError {
         to: u64,
         after: u64,
     },
+    /// The server refused the credentials (the cheap check's; `svn` reports its own
+    /// as [`SvnError::Failed`]).
+    #[error("Authentication failed over {via}: {message}")]
+    Authentication { via: &'static str, message: String },
+    #[error(
+        "the server asks for a login over {via} and none is configured \
+         (set username and password_env)"
+    )]
+    LoginNeeded { via: &'static str },
+    #[error("the {via} check did not finish within {}s: the repository stopped answering", .timeout.as_secs())]
+    CheckTimeout {
+        via: &'static str,
+        timeout: Duration,
+    },
+    #[error("ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("cannot set up the HTTP client of the cheap check: {0}")]
+    HttpClient(String),
     #[error("the stored cursor is not an svn cursor: {0}")]
     BadCursor(#[source] serde_json::Error),
 }

@@ -1,4 +1,4 @@
-//! `svn info --xml URL`: the cheap check, one round trip.
+//! `svn info --xml URL`: the check where the in-process one (`check.rs`) cannot answer.
 //!
 //! It gives the revision at which the polled URL last changed (`<commit revision>`),
 //! which is what the cursor stores, the repository's youngest revision at the time

@@ -1,16 +1,20 @@
 //! polld's Subversion backend.
 //!
-//! Each poll runs `svn info --xml` on the polled URL: one round trip that gives the
-//! revision at which anything at or below the URL last changed. When that is the
-//! cursor's revision the poll ends there. Otherwise `svn log --xml --verbose` is read,
-//! a page of revisions at a time, from the revision after the cursor up to that one,
-//! and each revision becomes one change per (project, branch) its paths land on under
-//! the `split` rule.
+//! Each poll first asks for the revision at which anything at or below the polled URL
+//! last changed. Over `svn://` and `http(s)://` that is the cheap check, in-process: a
+//! kept svnserve connection or a pooled HTTP client asks the server directly (see
+//! `check.rs`), usually one round trip and no process. Elsewhere, and whenever the
+//! cheap check cannot answer, it is `svn info --xml`. When that revision is the
+//! cursor's, the poll ends there. Otherwise `svn log --xml --verbose` is read, a page
+//! of revisions at a time, from the revision after the cursor up to that one, and each
+//! revision becomes one change per (project, branch) its paths land on under the
+//! `split` rule.
 //!
-//! All of it goes through the `svn` command-line client (see `command.rs` for exactly
-//! how it is run: no shell, a private config dir, the password on stdin, a timeout), so
-//! every repository access method svn has works: `file://`, `svn://`, `svn+ssh://`,
-//! `http(s)://`. Its XML is parsed as a stream (see `xml.rs` and `log.rs`).
+//! The log always goes through the `svn` command-line client (see `command.rs` for
+//! exactly how it is run: no shell, a private config dir, the password on stdin, a
+//! timeout), so every repository access method svn has works: `file://`, `svn://`,
+//! `svn+ssh://`, `http(s)://`. Its XML is parsed as a stream (see `xml.rs` and
+//! `log.rs`).
 //!
 //! Choices worth knowing when reading a poller's output:
 //!
@@ -22,13 +26,19 @@
 //!   deleting a branch is not a change.
 
 mod changes;
+mod check;
 mod command;
 mod cursor;
+mod dav;
 mod error;
+mod http_client;
 mod info;
 mod location;
 mod log;
 mod poller;
+mod ra_svn;
+#[cfg(test)]
+mod same_info_tests;
 mod split;
 mod xml;
 
@@ -37,6 +47,7 @@ use std::sync::Arc;
 use polld_backend::{Backend, Poller, PollerContext, Refusal};
 use serde::Deserialize;
 
+use crate::check::CheapCheck;
 use crate::command::Svn;
 use crate::location::Location;
 use crate::poller::{Settings, SvnPoller};
@@ -89,10 +100,20 @@ impl Backend for SvnBackend {
         let splitter =
             Splitter::new(&config.split).map_err(|message| Refusal::at("split", message))?;
         let username = check_login(&config, &location)?;
+        if let Some(ca_file) = &context.ca_file
+            && ca_file.to_string_lossy().contains(';')
+        {
+            return Err(Refusal::at(
+                "ca_file",
+                "svn reads a ';' in the ca_file path as a list separator: rename the file",
+            ));
+        }
         Ok(Arc::new(SvnPoller::new(Settings {
+            cheap: CheapCheck::new(&location, context.ca_file.clone(), context.timeout),
             svn: Svn {
                 config_dir: context.mirror_dir.join("svn-config"),
                 timeout: context.timeout,
+                ca_file: context.ca_file,
             },
             name: context.name,
             repo: context.repo,

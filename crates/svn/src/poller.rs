@@ -1,4 +1,5 @@
-//! One svn poller: `svn info`, compare with the cursor, and only then `svn log`.
+//! One svn poller: the cheap check (or `svn info`), compare with the cursor, and only
+//! then `svn log`.
 
 use async_trait::async_trait;
 use polld_backend::limits::MAX_CHANGES_PER_POLL;
@@ -7,6 +8,7 @@ use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
 
 use crate::LogContext;
 use crate::changes::{self, Context};
+use crate::check::CheapCheck;
 use crate::command::{Login, Svn};
 use crate::cursor;
 use crate::error::SvnError;
@@ -44,6 +46,8 @@ pub(crate) struct Settings {
     /// The `username` key, else the URL's user.
     pub(crate) username: Option<String>,
     pub(crate) password_env: Option<String>,
+    /// In-process over `svn://` and `http(s)://`; `svn info` otherwise.
+    pub(crate) cheap: CheapCheck,
     pub(crate) svn: Svn,
 }
 
@@ -91,22 +95,10 @@ impl SvnPoller {
         login: &Login,
     ) -> Result<PollOutcome, SvnError> {
         let old = cursor.map(cursor::decode).transpose()?;
-        let url = &self.settings.location.url;
-        // The trailing `@` pins the peg revision to HEAD explicitly, so an `@` inside
-        // the URL's path is never read as one.
-        let answer = self
-            .settings
-            .svn
-            .run(
-                "info",
-                &[],
-                &format!("{url}@"),
-                MAX_INFO_BYTES,
-                login,
-                &self.log(),
-            )
-            .await?;
-        let info = info::parse(&answer)?;
+        let info = match self.settings.cheap.info(login, &self.log()).await? {
+            Some(info) => info,
+            None => self.svn_info(login).await?,
+        };
         let changes = match old {
             Some(old) if old == info.last_changed => return Ok(PollOutcome::Unchanged),
             None => {
@@ -146,6 +138,25 @@ impl SvnPoller {
         })
     }
 
+    /// `svn info` of the polled URL.
+    async fn svn_info(&self, login: &Login) -> Result<Info, SvnError> {
+        // The trailing `@` pins the peg revision to HEAD explicitly, so an `@` inside
+        // the URL's path is never read as one.
+        let answer = self
+            .settings
+            .svn
+            .run(
+                "info",
+                &[],
+                &format!("{}@", self.settings.location.url),
+                MAX_INFO_BYTES,
+                login,
+                &self.log(),
+            )
+            .await?;
+        info::parse(&answer)
+    }
+
     /// The revisions in `from..=info.last_changed` that touched the polled URL, page by
     /// page, oldest first, until [`MAX_CHANGES_PER_POLL`] changes are read.
     async fn read_log(&self, from: u64, info: &Info, login: &Login) -> Result<Log, SvnError> {
@@ -154,7 +165,7 @@ impl SvnPoller {
             prefix: &prefix,
             splitter: &self.settings.splitter,
         };
-        // Pinned to the youngest revision `svn info` saw, so commits arriving meanwhile
+        // Pinned to the youngest revision the check saw, so commits arriving meanwhile
         // cannot change what this poll reads; the next poll gets them.
         let target = format!("{}@{}", self.settings.location.url, info.youngest);
         let to = info.last_changed;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+pub mod apache;
 pub mod buildbot;
 pub mod hg;
 pub mod http;

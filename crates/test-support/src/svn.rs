@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+use crate::apache::{Apache, ApacheConfig};
+use crate::tls::ServerCert;
 use crate::{free_port, run_checked};
 
 /// The author of every fixture revision.
@@ -403,55 +405,99 @@ pub fn svn_poller(name: &str, repo: &str, extra: &str) -> String {
 }
 
 /// `svnserve` serving `root` (a directory of repositories) on a free 127.0.0.1 port,
-/// in the foreground so it can be killed; killed on drop.
+/// in the foreground so it can be killed; killed on drop. Connections are threads of
+/// the one process (`--threads`), so killing it ends every connection too. Every
+/// command it serves is logged (see [`Svnserve::log`]).
 pub struct Svnserve {
     child: Option<Child>,
     pub port: u16,
+    root: PathBuf,
 }
 
 impl Svnserve {
     pub fn start(root: &Path) -> Svnserve {
         for _ in 0..5 {
-            let port = free_port();
-            let pid_file = root.join(format!("svnserve-{port}.pid"));
-            let mut child = Command::new("svnserve")
-                .args([
-                    "-d",
-                    "--foreground",
-                    "--listen-host",
-                    "127.0.0.1",
-                    "--listen-port",
-                ])
-                .arg(port.to_string())
-                .arg("-r")
-                .arg(root)
-                .arg("--pid-file")
-                .arg(&pid_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn svnserve");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Svnserve {
-                        child: Some(child),
-                        port,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken in the meantime: try another
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("svnserve did not listen on {port}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(server) = Svnserve::start_on(root, free_port()) {
+                return server;
             }
         }
         panic!("could not start svnserve");
+    }
+
+    /// `None` when the port was taken meanwhile.
+    fn start_on(root: &Path, port: u16) -> Option<Svnserve> {
+        let pid_file = root.join(format!("svnserve-{port}.pid"));
+        let mut child = Command::new("svnserve")
+            .args([
+                "-d",
+                "--foreground",
+                "--threads",
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+            ])
+            .arg(port.to_string())
+            .arg("-r")
+            .arg(root)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg("--log-file")
+            .arg(root.join(format!("svnserve-{port}.log")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn svnserve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Svnserve {
+                    child: Some(child),
+                    port,
+                    root: root.to_path_buf(),
+                });
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("svnserve did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (and so every connection to it) and starts it again on the
+    /// same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(mut server) = Svnserve::start_on(&self.root, self.port) {
+                self.child = server.child.take();
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "svnserve did not restart on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The commands served so far, one line each (`<pid> <date> <host> <user> <repo>
+    /// <command> ...`: `open 2 cap=(...) /trunk polld/0.1.0 -`, `get-latest-rev`,
+    /// `stat /trunk r4`, `log ...`). The client of an `open` tells polld's
+    /// in-process check (`polld/`) from an `svn` process (`SVN/`).
+    pub fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.root.join(format!("svnserve-{}.log", self.port)))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `svn://127.0.0.1:PORT/<path>` (`path` already URL-safe).
@@ -474,219 +520,72 @@ impl Drop for Svnserve {
     }
 }
 
-/// Where Debian's `apache2` package puts the server and its modules
-/// (`libapache2-mod-svn` adds mod_dav_svn there).
-const APACHE_BIN: &str = "/usr/sbin/apache2";
-const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
-
-/// Apache (prefork, in the foreground, its own process group) serving every
-/// repository under `root` at `http://127.0.0.1:PORT/svn/<name>` through mod_dav_svn,
-/// optionally behind HTTP Basic auth. Config, pid file, logs and htpasswd live in a
-/// temp dir. The process group is killed on drop.
+/// Apache with mod_dav_svn serving every repository under `root` at
+/// `http(s)://127.0.0.1:PORT/svn/<name>`, optionally behind HTTP Basic auth, over TLS
+/// with HTTP/2 when started with [`SvnHttpServer::start_https`]. See [`Apache`] for
+/// where its files live and how it stops.
 ///
-/// Run as root, Apache's workers switch to an unprivileged user (`www-data` or the
-/// like), so `root` is made world-readable (FSFS gives new revision files the
-/// permissions of the old ones, so later commits stay readable).
+/// FSFS gives new revision files the permissions of the old ones, so commits made
+/// after the start stay readable by Apache's unprivileged workers.
 pub struct SvnHttpServer {
-    child: Option<Child>,
+    apache: Apache,
     pub port: u16,
-    /// ServerRoot: `httpd.conf`, `error.log`, `htpasswd`.
-    pub dir: TempDir,
 }
 
 impl SvnHttpServer {
-    /// Serves `root` (a directory of repositories, the `SVNParentPath`); with
+    /// Serves `root` (a directory of repositories, the `SVNParentPath`) over http; with
     /// `auth = Some((user, password))` every request needs those credentials.
     pub fn start(root: &Path, auth: Option<(&str, &str)>) -> SvnHttpServer {
-        for path in [APACHE_BIN, &format!("{APACHE_MODULES}/mod_dav_svn.so")] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} is missing: install apache2 and libapache2-mod-svn"
-            );
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("polld-apache")
-            .tempdir()
-            .unwrap();
-        let worker = unprivileged_worker();
-        if worker.is_some() {
-            // The workers read the repositories and the htpasswd file.
-            let mut cmd = Command::new("chmod");
-            cmd.args(["-R", "a+rX"]).arg(root).arg(dir.path());
-            run_checked(cmd, None);
-        }
-        let auth_conf = match auth {
-            Some((user, password)) => {
-                let htpasswd = dir.path().join("htpasswd");
-                // The password on stdin, not in `ps`.
-                let mut cmd = Command::new("htpasswd");
-                cmd.arg("-ic").arg(&htpasswd).arg(user);
-                run_checked(cmd, Some(password.as_bytes()));
-                if worker.is_some() {
-                    let mut cmd = Command::new("chmod");
-                    cmd.arg("a+r").arg(&htpasswd);
-                    run_checked(cmd, None);
-                }
-                format!(
-                    "  AuthType Basic\n  AuthName \"polld-test\"\n  AuthUserFile \"{}\"\n  Require valid-user\n",
-                    htpasswd.display()
-                )
-            }
-            None => "  Require all granted\n".to_owned(),
-        };
-        let user_conf = match worker {
-            Some((uid, gid)) => format!("User #{uid}\nGroup #{gid}\n"),
-            None => String::new(),
-        };
-        let modules: String = [
-            ("mpm_prefork", "mpm_prefork"),
-            ("authn_core", "authn_core"),
-            ("authz_core", "authz_core"),
-            ("auth_basic", "auth_basic"),
-            ("authn_file", "authn_file"),
-            ("authz_user", "authz_user"),
-            ("dav", "dav"),
-            ("dav_svn", "dav_svn"),
-        ]
-        .iter()
-        .map(|(name, file)| format!("LoadModule {name}_module {APACHE_MODULES}/mod_{file}.so\n"))
-        .collect();
-        let server_root = dir.path().display().to_string();
-        let error_log = dir.path().join("error.log");
-
-        for _ in 0..5 {
-            let port = free_port();
-            let conf = dir.path().join("httpd.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "ServerRoot \"{server_root}\"\n\
-                     ServerName 127.0.0.1\n\
-                     Listen 127.0.0.1:{port}\n\
-                     PidFile \"{server_root}/httpd.pid\"\n\
-                     ErrorLog \"{server_root}/error.log\"\n\
-                     LogLevel warn\n\
-                     DefaultRuntimeDir \"{server_root}\"\n\
-                     DocumentRoot \"{server_root}\"\n\
-                     Timeout 10\n\
-                     StartServers 2\n\
-                     MinSpareServers 1\n\
-                     MaxSpareServers 4\n\
-                     {user_conf}{modules}\
-                     <Location /svn>\n  DAV svn\n  SVNParentPath \"{}\"\n{auth_conf}</Location>\n",
-                    root.display()
-                ),
-            )
-            .unwrap();
-            let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-            let mut cmd = Command::new(APACHE_BIN);
-            cmd.arg("-f")
-                .arg(&conf)
-                .arg("-DFOREGROUND")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr);
-            #[cfg(unix)]
-            {
-                use std::os::unix::process::CommandExt;
-                // Its own group, so drop kills the workers with it.
-                cmd.process_group(0);
-            }
-            let mut child = cmd.spawn().expect("spawn apache2");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return SvnHttpServer {
-                        child: Some(child),
-                        port,
-                        dir,
-                    };
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(&error_log).unwrap_or_default()
-                        + &std::fs::read_to_string(dir.path().join("stderr.log"))
-                            .unwrap_or_default();
-                    if log.contains("Address already in use") {
-                        break; // port taken in the meantime: try another
-                    }
-                    panic!("apache2 exited ({status}) before listening on {port}:\n{log}");
-                }
-                if Instant::now() >= deadline {
-                    stop_group(&mut child);
-                    panic!(
-                        "apache2 did not listen on {port}:\n{}",
-                        std::fs::read_to_string(&error_log).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("could not start apache2");
+        SvnHttpServer::serve(root, auth, None)
     }
 
-    /// `http://127.0.0.1:PORT/svn/<path>` (`path` already URL-safe).
+    /// The same over https with `cert`, offering HTTP/2 next to HTTP/1.1.
+    pub fn start_https(
+        root: &Path,
+        auth: Option<(&str, &str)>,
+        cert: &ServerCert,
+    ) -> SvnHttpServer {
+        SvnHttpServer::serve(root, auth, Some(cert))
+    }
+
+    fn serve(root: &Path, auth: Option<(&str, &str)>, tls: Option<&ServerCert>) -> SvnHttpServer {
+        let access = match auth {
+            Some(_) => {
+                "  AuthType Basic\n  AuthName \"polld-test\"\n  AuthUserFile \"{root}/htpasswd\"\n  Require valid-user\n"
+            }
+            None => "  Require all granted\n",
+        };
+        let apache = Apache::start(ApacheConfig {
+            modules: &["auth_basic", "authn_file", "authz_user", "dav", "dav_svn"],
+            body: format!(
+                "<Location /svn>\n  DAV svn\n  SVNParentPath \"{}\"\n{access}</Location>\n",
+                root.display()
+            ),
+            tls,
+            h2: tls.is_some(),
+            readable: &[root],
+            htpasswd: auth,
+        });
+        SvnHttpServer {
+            port: apache.port,
+            apache,
+        }
+    }
+
+    /// `http(s)://127.0.0.1:PORT/svn/<path>` (`path` already URL-safe).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/svn/{}", self.port, path)
+        self.apache.url(&format!("svn/{path}"))
     }
 
     /// What Apache logged (failed logins, mod_dav_svn errors), for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+        self.apache.log()
     }
-}
 
-impl Drop for SvnHttpServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_group(&mut child);
-        }
+    /// The requests served so far: `METHOD PATH STATUS PROTOCOL USER-AGENT` each.
+    pub fn requests(&self) -> Vec<String> {
+        self.apache.requests()
     }
-}
-
-/// Stops the process group `child` leads: SIGTERM first, so Apache reaps its own
-/// workers (orphans would linger as zombies under some inits), then SIGKILL to the
-/// group if it has not exited within 5 s. The parent is reaped either way.
-fn stop_group(child: &mut Child) {
-    let pgid = child.id() as libc::pid_t;
-    // SAFETY: killpg(2) on the group our own child leads (it has not been reaped yet,
-    // so the id cannot have been reused).
-    unsafe {
-        libc::killpg(pgid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // SAFETY: as above; any worker still in the group goes too.
-    unsafe {
-        libc::killpg(pgid, libc::SIGKILL);
-    }
-    let _ = child.wait();
-}
-
-/// When running as root: the uid and gid Apache's workers switch to (it refuses to
-/// serve as root). `None` otherwise: Apache then runs as the current user.
-fn unprivileged_worker() -> Option<(u32, u32)> {
-    // SAFETY: geteuid(2) cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for name in ["www-data", "apache", "daemon", "nobody"] {
-        for line in passwd.lines() {
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() > 3
-                && fields[0] == name
-                && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
-            {
-                return Some((uid, gid));
-            }
-        }
-    }
-    panic!("running as root, but no unprivileged user for Apache's workers in /etc/passwd");
 }
 
 #[cfg(test)]
