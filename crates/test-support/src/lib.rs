@@ -21,12 +21,17 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub mod buildbot;
+pub mod group;
 pub mod hg;
 pub mod http;
+pub mod httpd;
 pub mod poll;
+pub mod proxy;
+pub mod scratch;
 pub mod ssh;
 pub mod svn;
 pub mod tls;
+pub mod transport;
 
 /// Every file below `dir` (for failure messages, and searches).
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {

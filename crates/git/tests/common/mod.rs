@@ -4,8 +4,8 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use polld_backend::{Backend, Cursor, Poller, PollerContext};
@@ -17,24 +17,44 @@ use tempfile::TempDir;
 #[allow(unused_imports)]
 pub use polld_test_support::poll::{advance, advance_some, branches, first_poll, revisions};
 #[allow(unused_imports)]
-pub use polld_test_support::ssh::{Sshd, keygen};
+pub use polld_test_support::ssh::{SshServers, Sshd, keygen};
+#[allow(unused_imports)]
+pub use polld_test_support::transport::Transport;
 #[allow(unused_imports)]
 pub use polld_test_support::{
     AUTHOR, COMMITTER, GitDaemon, GitRepo, closed_port, git_command, tick,
 };
 
-/// A tempdir with a remote repository (one commit on `main`) and a poller context.
+/// A tempdir with a remote repository (one commit on `main`) reached over one
+/// transport, and a poller context.
 pub struct Fixture {
     pub tmp: TempDir,
     pub remote: GitRepo,
+    pub transport: Transport,
 }
 
 impl Fixture {
+    /// The remote as a local path.
     pub fn new() -> Fixture {
+        Fixture::with_remote(Transport::Local)
+    }
+
+    /// The remote reached over `transport`. A test binary that uses this must make
+    /// every fixture with it, before anything calls libgit2: see [`ssh_home`].
+    pub fn over(transport: Transport) -> Fixture {
+        ssh_home();
+        Fixture::with_remote(transport)
+    }
+
+    fn with_remote(transport: Transport) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let remote = GitRepo::init(&tmp.path().join("remote"));
         remote.commit_message("initial");
-        Fixture { tmp, remote }
+        Fixture {
+            tmp,
+            remote,
+            transport,
+        }
     }
 
     pub fn mirror_dir(&self) -> PathBuf {
@@ -48,10 +68,46 @@ impl Fixture {
         }
     }
 
-    /// A poller on the remote, named by a path relative to the config directory.
+    /// A poller on the remote over the fixture's transport (a local remote is named by
+    /// a path relative to the config directory), with `config`'s keys.
     pub fn poller(&self, config: Value) -> Arc<dyn Poller> {
-        build(self.context("remote"), config).expect("poller builds")
+        self.poller_of(&self.remote.path, config)
     }
+
+    /// A poller on the repository at `repo` (under `tmp`), as [`Fixture::poller`].
+    pub fn poller_of(&self, repo: &Path, mut config: Value) -> Arc<dyn Poller> {
+        let reach = self.transport.reach(repo);
+        let url = match self.transport {
+            Transport::Local => repo
+                .strip_prefix(self.tmp.path())
+                .unwrap()
+                .display()
+                .to_string(),
+            _ => reach.url,
+        };
+        if let Some(key) = reach.ssh_key_file {
+            config["ssh_key_file"] = Value::from(key.display().to_string());
+        }
+        let context = PollerContext {
+            ca_file: reach.ca_file,
+            ..self.context(&url)
+        };
+        build(context, config).expect("poller builds")
+    }
+}
+
+/// Points `HOME` at the shared sshds' home, whose `.ssh/known_hosts` knows their host
+/// keys, once per test binary: polld checks host keys against `~/.ssh/known_hosts`
+/// (no trust on first use), and libgit2 reads `HOME` once, when it starts.
+pub fn ssh_home() {
+    static HOME: OnceLock<()> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = &SshServers::shared().home;
+        // SAFETY: every test of a binary that uses `Fixture::over` calls this first,
+        // and the others wait on the `OnceLock` until it is done: no thread reads the
+        // environment meanwhile.
+        unsafe { std::env::set_var("HOME", home) };
+    });
 }
 
 pub fn build(context: PollerContext, config: Value) -> Result<Arc<dyn Poller>, String> {
