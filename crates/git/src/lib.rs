@@ -5,9 +5,11 @@
 //! there, without a fetch and without touching the disk. Otherwise only the refs that
 //! moved are fetched into a per-poller bare mirror and walked along first parents.
 //!
-//! libgit2 does all the work (no `git` process is ever started, and libgit2 runs no
-//! hooks). Its process-wide settings are pinned once by [`GitBackend::new`]; see
-//! `pin_libgit2_globals` for why.
+//! No `git` process is ever started. The network is polld's own protocol clients
+//! (`git://`, smart HTTP on pooled connections, in-process ssh on kept connections:
+//! see `remote.rs`), speaking protocol v2 where the server does; libgit2 keeps the
+//! mirror, walks it, and reads local repositories (it runs no hooks). Its process-wide
+//! settings are pinned once by [`GitBackend::new`]; see `pin_libgit2_globals`.
 //!
 //! Choices worth knowing when reading a poller's output:
 //!
@@ -23,27 +25,39 @@
 //! - Names, messages and paths that are not UTF-8 are converted lossily (U+FFFD).
 
 mod cursor;
+mod daemon;
 mod error;
+mod known_hosts;
 mod location;
 mod mirror;
+mod pack;
+mod pkt;
 mod poller;
-mod protocol_v2;
 mod remote;
 mod shared;
+mod smart_http;
+mod ssh;
 mod walk;
 mod watch;
+mod wire;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::Duration;
 
 use git2::ConfigLevel;
 use polld_backend::{Backend, Poller, PollerContext, Refusal, StringList};
 use serde::Deserialize;
 
+use crate::daemon::Daemon;
+use crate::known_hosts::KnownHosts;
 use crate::location::{Location, Transport};
 use crate::poller::{GitPoller, Settings};
-use crate::remote::AuthConfig;
+use crate::remote::{AuthConfig, Network, Remote};
 use crate::shared::{RemoteKey, SharedListings};
+use crate::smart_http::HttpRemote;
+use crate::ssh::{Endpoint, SshPool, SshRemote};
 use crate::watch::Watch;
 
 pub use crate::watch::TagSelection;
@@ -58,8 +72,13 @@ pub(crate) struct LogContext<'a> {
 /// The git backend; register it with `registry.register(GitBackend::new())`.
 #[derive(Debug)]
 pub struct GitBackend {
-    /// Ref listings shared by pollers of the same remote.
+    /// Remotes (their clients and listings) shared by pollers of the same remote.
     listings: Arc<SharedListings>,
+    /// One HTTP client (its connection pool and TLS roots) per `ca_file`, made when the
+    /// first http(s) poller needing it is built: a config without one loads no TLS.
+    http_clients: Mutex<HashMap<Option<PathBuf>, reqwest::Client>>,
+    /// Kept ssh connections, one per host, user and key.
+    ssh: Arc<SshPool>,
 }
 
 impl GitBackend {
@@ -67,8 +86,94 @@ impl GitBackend {
         pin_libgit2_globals();
         GitBackend {
             listings: Arc::default(),
+            http_clients: Mutex::default(),
+            ssh: Arc::default(),
         }
     }
+
+    /// The HTTP client trusting the system's roots and `ca_file`.
+    fn http_client(&self, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+        let mut clients = self
+            .http_clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = ca_file.map(Path::to_path_buf);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .user_agent(smart_http::USER_AGENT)
+            .redirect(smart_http::redirect_policy())
+            .connect_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(60));
+        if let Some(file) = ca_file {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", file.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", file.display()))?;
+            builder = builder.tls_certs_merge(certificates);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot set up HTTP: {e}"))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The client for `location`, and the login an http(s) URL named.
+    fn remote(
+        &self,
+        location: &Location,
+        auth: &AuthConfig,
+        ca_file: Option<&Path>,
+        known_hosts: &[PathBuf],
+    ) -> Result<(Remote, Option<String>, Option<String>), Refusal> {
+        let at_repo = |message: String| Refusal::at("repo", message);
+        Ok(match location.transport {
+            Transport::Local => (Remote::Local(location.url.clone()), None, None),
+            Transport::File => (Remote::Local(file_url_path(&location.url)), None, None),
+            Transport::Git => (
+                Remote::Network(Box::new(Network::Daemon(
+                    Daemon::parse(&location.url).map_err(at_repo)?,
+                ))),
+                None,
+                None,
+            ),
+            Transport::Http => {
+                let (url, username, password) =
+                    smart_http::split_login(&location.url).map_err(at_repo)?;
+                let client = self
+                    .http_client(ca_file)
+                    .map_err(|message| Refusal::at("ca_file", message))?;
+                let remote = Remote::Network(Box::new(Network::Http(HttpRemote::new(client, url))));
+                (remote, username, password)
+            }
+            Transport::Ssh => {
+                let address = ssh::Address::parse(&location.url).map_err(at_repo)?;
+                let endpoint = Endpoint {
+                    user: address
+                        .user
+                        .or_else(|| auth.username.clone())
+                        .unwrap_or_else(|| "git".to_owned()),
+                    host: address.host,
+                    port: address.port,
+                    key_file: auth.ssh_key_file.clone(),
+                    known_hosts: known_hosts.to_vec(),
+                };
+                let remote = SshRemote::new(Arc::clone(&self.ssh), endpoint, address.path);
+                (Remote::Network(Box::new(Network::Ssh(remote))), None, None)
+            }
+        })
+    }
+}
+
+/// The path a `file://` URL names.
+fn file_url_path(url: &str) -> String {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl Default for GitBackend {
@@ -102,6 +207,10 @@ pub struct GitConfig {
     /// The environment variable holding the password, read at every poll.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// The ssh host keys to trust, relative to the config file's directory; absent:
+    /// `~/.ssh/known_hosts` and `/etc/ssh/ssh_known_hosts`.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
 }
 
 impl Backend for GitBackend {
@@ -117,23 +226,48 @@ impl Backend for GitBackend {
         let branches = config.branches.as_ref().map(|list| list.0.as_slice());
         let watch = Watch::new(branches, &config.tags)?;
         let auth = auth_config(&config, &location, &context)?;
-        let remote = self.listings.join(
+        if config.known_hosts_file.is_some() && location.transport != Transport::Ssh {
+            return Err(Refusal::at(
+                "known_hosts_file",
+                "known_hosts_file applies only to ssh repos",
+            ));
+        }
+        let known_hosts_file = config
+            .known_hosts_file
+            .as_ref()
+            .map(|file| context.config_dir.join(file));
+        let known_hosts = match &known_hosts_file {
+            Some(file) => vec![file.clone()],
+            None => KnownHosts::default_files(),
+        };
+        // A ca_file in [defaults] applies to the https pollers only.
+        let ca_file = context
+            .ca_file
+            .as_deref()
+            .filter(|_| location.url.to_ascii_lowercase().starts_with("https:"));
+        let (remote, url_username, url_password) =
+            self.remote(&location, &auth, ca_file, &known_hosts)?;
+        let shared = self.listings.join(
             RemoteKey {
                 url: location.url.clone(),
                 username: auth.username.clone(),
                 password_env: auth.password_env.clone(),
                 ssh_key_file: auth.ssh_key_file.clone(),
+                ca_file: ca_file.map(Path::to_path_buf),
+                known_hosts_file,
             },
             watch.ref_prefixes(),
+            || remote,
         );
         Ok(Arc::new(GitPoller::new(Settings {
-            remote,
+            remote: shared,
             name: context.name,
             repo: context.repo,
-            location,
             watch,
             build_pushes_with_no_commits: config.build_pushes_with_no_commits,
             auth,
+            url_username,
+            url_password,
             mirror_dir: context.mirror_dir,
             timeout: context.timeout,
         })))
@@ -219,17 +353,11 @@ pub(crate) fn pin_pack_limits(mirrors: &Path) {
     });
 }
 
-/// Pins libgit2's process-wide settings, once per process.
-///
-/// - The global, XDG, system and ProgramData config search paths are emptied, so the
-///   daemon user's `~/.gitconfig` or `/etc/gitconfig` (`url.<x>.insteadOf`,
-///   `fetch.prune`, `http.sslVerify`, ...) cannot change what a poll fetches or
-///   trusts. `~/.ssh/known_hosts` is still used for host keys.
-/// - Connecting times out after 30 s and a silent server after 60 s, so a remote that
-///   accepts and never answers fails the poll instead of hanging it forever.
-///
-/// These are libgit2 globals; they are set before any poll runs (the binary registers
-/// the backend at start-up) and never changed afterwards.
+/// Pins libgit2's process-wide settings, once per process: the global, XDG, system
+/// and ProgramData config search paths are emptied, so the daemon user's
+/// `~/.gitconfig` or `/etc/gitconfig` cannot change what libgit2 does with the mirrors
+/// and local repositories (the global path then becomes polld's own, see
+/// [`pin_pack_limits`]). These are libgit2 globals, set before any poll runs.
 fn pin_libgit2_globals() {
     static PIN: Once = Once::new();
     PIN.call_once(|| {
@@ -247,14 +375,6 @@ fn pin_libgit2_globals() {
                     "cannot reset a git config search path"
                 );
             }
-        }
-        // SAFETY: as above.
-        let timeouts = unsafe {
-            git2::opts::set_server_connect_timeout_in_milliseconds(30_000)
-                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(60_000))
-        };
-        if let Err(error) = timeouts {
-            tracing::warn!(error = error.message(), "cannot set git network timeouts");
         }
     });
 }

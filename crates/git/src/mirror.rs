@@ -1,8 +1,8 @@
 //! The poller's private bare mirror: the objects the history walk needs.
 //!
-//! Only refs that moved are fetched, each to the same name (`+refs/heads/X:refs/heads/X`),
-//! with tag auto-following and pruning off, so a fetch brings exactly the history of
-//! the watched refs and nothing the user did not ask for. The mirror is a cache: if it
+//! Only refs that moved are fetched (see `remote.rs`), each kept under the same name,
+//! so a fetch brings exactly the history of the watched refs and nothing the user did
+//! not ask for. The mirror is a cache: if it
 //! is lost or corrupt it is rebuilt, and the cursor (not the mirror's refs) remains the
 //! record of what was already reported.
 //!
@@ -13,15 +13,12 @@
 //! slow every walk down.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository};
+use git2::{Oid, Repository};
 
 use crate::LogContext;
 use crate::cursor::RefMap;
 use crate::error::GitError;
-use crate::location::Location;
-use crate::remote::{Credentials, proxy_options};
 use crate::watch::{HEADS, TAGS};
 
 /// Past this many packs, the mirror is compacted.
@@ -92,48 +89,31 @@ impl Mirror {
         self.repo.odb().is_ok_and(|odb| odb.exists(oid))
     }
 
-    /// Fetches `names` (full ref names) from the remote into the same names here,
-    /// giving up at `deadline` (checked as data arrives: a server that trickles is cut
-    /// off there; one that goes silent, at libgit2's read timeout).
-    pub(crate) fn fetch(
-        &self,
-        location: &Location,
-        credentials: &Credentials,
-        names: &[&String],
-        deadline: Instant,
-    ) -> Result<(), GitError> {
-        if names.is_empty() {
-            return Ok(());
+    /// Points each of `refs` (full names) at its id, now that a fetch brought it.
+    pub(crate) fn point_refs(&self, refs: &[(String, Oid)]) -> Result<(), GitError> {
+        for (name, oid) in refs {
+            self.repo
+                .reference(name, *oid, true, "polld: fetched")
+                .map_err(|e| GitError::mirror(&self.path, e))?;
         }
-        let fetch_error = |e: git2::Error| GitError::Fetch {
-            refs: names.len(),
-            message: if Instant::now() >= deadline {
-                "it did not finish within the poller's `timeout` (the first fetch of a large \
-                 repository may need a longer one)"
-                    .to_owned()
-            } else {
-                e.message().to_owned()
-            },
-        };
-        let refspecs: Vec<String> = names.iter().map(|n| format!("+{n}:{n}")).collect();
-        let mut remote = self
-            .repo
-            .remote_anonymous(&location.url)
-            .map_err(fetch_error)?;
-        let mut callbacks = credentials.callbacks();
-        callbacks
-            .transfer_progress(|_| Instant::now() < deadline)
-            .sideband_progress(|_| Instant::now() < deadline);
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(callbacks)
-            .proxy_options(proxy_options())
-            .download_tags(AutotagOption::None)
-            .prune(FetchPrune::Off)
-            .update_fetchhead(false);
-        remote
-            .fetch(&refspecs, Some(&mut options), None)
-            .map_err(fetch_error)
+        Ok(())
+    }
+
+    /// The ids the mirror's branch and tag refs point at: what it has, for a fetch.
+    pub(crate) fn ref_targets(&self) -> Result<Vec<Oid>, GitError> {
+        let mirror_error = |e: git2::Error| GitError::mirror(&self.path, e);
+        let mut targets = Vec::new();
+        for reference in self.repo.references().map_err(mirror_error)? {
+            let reference = reference.map_err(mirror_error)?;
+            let name = reference.name_bytes();
+            let ours = name.starts_with(HEADS.as_bytes()) || name.starts_with(TAGS.as_bytes());
+            if let Some(oid) = reference.target().filter(|_| ours)
+                && !targets.contains(&oid)
+            {
+                targets.push(oid);
+            }
+        }
+        Ok(targets)
     }
 
     /// Deletes branch and tag refs the poller no longer watches (deleted on the remote
@@ -162,30 +142,38 @@ impl Mirror {
         packs(&self.path).len()
     }
 
-    /// Merges every pack but the largest into one new pack, and deletes them: the
-    /// mirror then holds two packs, and the work is proportional to the small packs,
-    /// not to the repository. (libgit2 has no repack; its pack builder writes the new
-    /// pack, from the object ids the small packs' indexes list.)
+    /// Merges the small packs into one, geometrically (as `git repack --geometric=2`):
+    /// the packs that remain, sorted by size, each hold at least twice the objects of
+    /// the next smaller one. So each compaction rewrites mostly the recent small packs,
+    /// a large pack is rewritten only once as much again has arrived after it, and
+    /// months of fetches cost `O(n log n)` in all, not a rewrite of the whole history
+    /// every 32 fetches. (libgit2 has no repack; its pack builder writes the new pack
+    /// from the object ids the merged packs' indexes list.)
     pub(crate) fn compact(&self) -> Result<(), GitError> {
         let mirror_error = |e: git2::Error| GitError::mirror(&self.path, e);
-        let mut packs = packs(&self.path);
-        packs.sort_by_key(|pack| std::fs::metadata(pack).map_or(0, |m| m.len()));
-        packs.pop();
-        if packs.len() < 2 {
+        let mut listed = Vec::new();
+        for pack in packs(&self.path) {
+            let index = pack.with_extension("idx");
+            let ids = index_ids(&index).map_err(|e| GitError::mirror(&index, e))?;
+            listed.push((pack, ids));
+        }
+        listed.sort_by_key(|(_, ids)| ids.len());
+        let packs = listed;
+        let sizes: Vec<usize> = packs.iter().map(|(_, ids)| ids.len()).collect();
+        let merge = geometric_rollup(&sizes);
+        if merge < 2 {
             return Ok(());
         }
         let mut builder = self.repo.packbuilder().map_err(mirror_error)?;
-        for pack in &packs {
-            let index = pack.with_extension("idx");
-            let ids = index_ids(&index).map_err(|e| GitError::mirror(&index, e))?;
+        for (_, ids) in &packs[..merge] {
             for id in ids {
-                builder.insert_object(id, None).map_err(mirror_error)?;
+                builder.insert_object(*id, None).map_err(mirror_error)?;
             }
         }
         builder
             .write(&self.path.join("objects/pack"), 0)
             .map_err(mirror_error)?;
-        for pack in &packs {
+        for (pack, _) in &packs[..merge] {
             for extension in ["pack", "idx", "rev", "keep"] {
                 let file = pack.with_extension(extension);
                 match std::fs::remove_file(&file) {
@@ -198,6 +186,30 @@ impl Mirror {
         }
         Ok(())
     }
+}
+
+/// How many of the smallest packs (`sizes` ascending, in objects) to merge so that
+/// the rest, with the merged one, grow by a factor of at least 2 (git's
+/// `split_pack_geometry`): from the top, the largest run that already progresses stays;
+/// below it everything is merged, and then each next pack too while it is smaller
+/// than twice what is being merged.
+fn geometric_rollup(sizes: &[usize]) -> usize {
+    const FACTOR: usize = 2;
+    let mut top = sizes.len().saturating_sub(1);
+    while top > 0 && sizes[top] >= FACTOR * sizes[top - 1] {
+        top -= 1;
+    }
+    if top == 0 {
+        return 0;
+    }
+    // `top` breaks the progression: it and everything below it are merged.
+    let mut split = top + 1;
+    let mut merged: usize = sizes[..split].iter().sum();
+    while split < sizes.len() && sizes[split] < FACTOR * merged {
+        merged += sizes[split];
+        split += 1;
+    }
+    split
 }
 
 /// The mirror's pack files.
@@ -273,4 +285,24 @@ fn remove_stale_locks(path: &Path, log: &LogContext<'_>) {
 
 fn is_empty_dir(path: &Path) -> bool {
     std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::geometric_rollup;
+
+    #[test]
+    fn rolls_up_only_what_breaks_the_progression() {
+        // A proper progression: nothing to do.
+        assert_eq!(geometric_rollup(&[1, 2, 4, 8]), 0);
+        assert_eq!(geometric_rollup(&[5]), 0);
+        // 32 one-object packs under a big one: the small ones merge, the big one stays.
+        let mut sizes = vec![1; 32];
+        sizes.push(10_000);
+        assert_eq!(geometric_rollup(&sizes), 32);
+        // Once the small ones weigh half the big one, it is merged too.
+        let mut sizes = vec![100; 33];
+        sizes.push(6_000);
+        assert_eq!(geometric_rollup(&sizes), 34);
+    }
 }

@@ -1,22 +1,25 @@
-//! Talking to the remote: credentials and the cheap "has anything moved?" listing.
+//! Talking to the remote: the cheap "has anything moved?" listing, and the fetch of what
+//! moved.
 //!
-//! Listing is done in-process with libgit2 (no `git` subprocess, so nothing from the
-//! user's git installation runs) and transfers only the ref advertisement, so an idle
-//! repository costs one round trip per poll.
+//! Network remotes (`git://`, http(s), ssh) are polld's own protocol clients
+//! (`daemon.rs`, `smart_http.rs`, `ssh.rs`, all speaking `wire.rs`): protocol v2 with
+//! the watched prefixes where the server speaks it, v0 otherwise, the pack streamed
+//! into the mirror. A repository on this machine (a path or `file://`) is read with
+//! libgit2 directly: its refs from the repository itself, its objects with libgit2's
+//! local fetch. No `git` process ever runs.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use git2::{
-    Cred, CredentialType, Direction, ErrorCode, Oid, ProxyOptions, Remote, RemoteCallbacks,
-};
+use git2::{ObjectType, Oid, Repository};
 
 use crate::LogContext;
+use crate::daemon::Daemon;
 use crate::error::GitError;
-use crate::location::{Location, Transport};
-use crate::protocol_v2::{self, ListOutcome};
+use crate::pack::PackWriter;
+use crate::smart_http::{HttpRemote, Login};
+use crate::ssh::SshRemote;
+use crate::wire::Listed;
 
 /// The authentication keys of a poller, as configured.
 #[derive(Debug, Clone, Default)]
@@ -26,93 +29,63 @@ pub(crate) struct AuthConfig {
     pub(crate) password_env: Option<String>,
 }
 
-/// Credentials for one poll. The password is read from the environment at every poll
-/// so that rotating it needs no reload; it is never logged or put in an error.
+/// The http(s) login for one poll. The password is read from the environment at every
+/// poll so that rotating it needs no reload; it is never logged or put in an error.
 pub(crate) struct Credentials {
-    ssh_key_file: Option<PathBuf>,
-    username: String,
+    username: Option<String>,
     password: Option<String>,
 }
 
 impl Credentials {
-    pub(crate) fn resolve(auth: &AuthConfig, location: &Location) -> Result<Credentials, GitError> {
+    /// The `username` key (else the URL's) and the password from `password_env` (else
+    /// the URL's).
+    pub(crate) fn resolve(
+        auth: &AuthConfig,
+        url_username: Option<&str>,
+        url_password: Option<&str>,
+    ) -> Result<Credentials, GitError> {
         let password = match &auth.password_env {
-            None => None,
             Some(var) => {
                 Some(std::env::var(var).map_err(|_| GitError::MissingPassword(var.clone()))?)
             }
+            None => url_password.map(str::to_owned),
         };
-        // The address's login, else the `username` key, else the ssh hosting convention.
-        let username = location
-            .url_username
-            .clone()
-            .or_else(|| auth.username.clone())
-            .unwrap_or_else(|| "git".to_owned());
         Ok(Credentials {
-            ssh_key_file: auth.ssh_key_file.clone(),
-            username,
+            username: auth
+                .username
+                .clone()
+                .or_else(|| url_username.map(str::to_owned)),
             password,
         })
     }
 
-    /// libgit2 calls back again after every rejected credential; each kind is offered
-    /// once so that a wrong key or password fails the poll instead of looping.
-    /// Host keys are checked against `~/.ssh/known_hosts` and TLS certificates against
-    /// the system store: no `certificate_check` callback overrides either.
-    pub(crate) fn callbacks(&self) -> RemoteCallbacks<'_> {
-        let mut offered_username = false;
-        let mut offered_key = false;
-        let mut offered_agent = false;
-        let mut offered_password = false;
-        let mut callbacks = RemoteCallbacks::new();
-        callbacks.credentials(move |_url, url_username, allowed| {
-            let username = url_username.unwrap_or(&self.username);
-            if allowed.contains(CredentialType::USERNAME) && !offered_username {
-                offered_username = true;
-                return Cred::username(username);
-            }
-            if allowed.contains(CredentialType::SSH_KEY) {
-                if let Some(key) = &self.ssh_key_file {
-                    if !offered_key {
-                        offered_key = true;
-                        return ssh_key(username, key);
-                    }
-                } else if !offered_agent {
-                    offered_agent = true;
-                    return Cred::ssh_key_from_agent(username);
-                }
-            }
-            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-                && !offered_password
-                && let Some(password) = &self.password
-            {
-                offered_password = true;
-                return Cred::userpass_plaintext(username, password);
-            }
-            Err(git2::Error::from_str(
-                "authentication failed: the remote rejected the configured credentials \
-                 (or none are configured: ssh_key_file, username/password_env)",
-            ))
-        });
-        callbacks
+    fn login(&self) -> Option<Login<'_>> {
+        Some(Login {
+            username: self.username.as_deref()?,
+            password: self.password.as_deref()?,
+        })
+    }
+
+    /// The password, to scrub from messages.
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 }
 
-fn ssh_key(username: &str, key: &Path) -> Result<Cred, git2::Error> {
-    if !key.is_file() {
-        return Err(git2::Error::from_str(&format!(
-            "ssh_key_file {} does not exist",
-            key.display()
-        )));
-    }
-    Cred::ssh_key(username, None, key, None)
+/// Where a poller's repository is, and how to reach it.
+#[derive(Debug)]
+pub(crate) enum Remote {
+    /// A repository on this machine (a path or `file://`), read with libgit2.
+    Local(String),
+    Network(Box<Network>),
 }
 
-/// Honours `http_proxy`/`https_proxy` from the environment, as git does.
-pub(crate) fn proxy_options() -> ProxyOptions<'static> {
-    let mut proxy = ProxyOptions::new();
-    proxy.auto();
-    proxy
+/// A repository reached over the network, by polld's own clients.
+#[derive(Debug)]
+pub(crate) enum Network {
+    Daemon(Daemon),
+    Http(HttpRemote),
+    Ssh(SshRemote),
 }
 
 /// What the remote advertised.
@@ -120,73 +93,158 @@ pub(crate) fn proxy_options() -> ProxyOptions<'static> {
 pub(crate) struct Advertisement {
     /// Branches and tags by full name; annotated tags already peeled.
     pub(crate) refs: BTreeMap<String, Oid>,
+    /// The ids as advertised (an annotated tag's own id): what a fetch asks for.
+    pub(crate) tips: BTreeMap<String, Oid>,
     /// The full name of the branch the remote's HEAD points at, if it has one.
     pub(crate) head: Option<String>,
 }
 
-/// Lists the remote's branches and tags (git's `ls-remote`), at least those under
-/// `prefixes` (and HEAD). Over `git://` this asks for just those with protocol v2, and
-/// gives up at `deadline`; elsewhere libgit2 lists everything with protocol v0, bounded
-/// by its own connect and read timeouts.
-pub(crate) fn list(
-    location: &Location,
-    credentials: &Credentials,
-    prefixes: &[String],
-    deadline: Instant,
-    log: &LogContext<'_>,
-) -> Result<Advertisement, GitError> {
-    if location.transport == Transport::Git {
-        let listed = protocol_v2::list_git_daemon(&location.url, prefixes, deadline)
-            .map_err(GitError::ListRefs)?;
-        match listed {
-            ListOutcome::Listed { refs, head } => return Ok(advertisement(refs, head, log)),
-            ListOutcome::NotV2 => {
-                tracing::debug!(
-                    poller = log.poller,
-                    repo = log.repo,
-                    "the server does not speak protocol v2; listing with v0"
-                );
+impl Remote {
+    /// Lists the remote's branches and tags (git's `ls-remote`), at least those under
+    /// `prefixes` (and HEAD). The caller bounds it in time.
+    pub(crate) async fn list(
+        &self,
+        prefixes: Vec<String>,
+        credentials: &Credentials,
+        log: &LogContext<'_>,
+    ) -> Result<Advertisement, GitError> {
+        let listed = match self {
+            Remote::Local(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || list_local(&path))
+                    .await
+                    .map_err(|e| GitError::Task(e.to_string()))??
             }
-        }
+            Remote::Network(network) => network
+                .list(&prefixes, credentials)
+                .await
+                .map_err(GitError::ListRefs)?,
+        };
+        Ok(advertisement(listed, log))
     }
-    let list_error = |e: git2::Error| GitError::ListRefs(e.message().to_owned());
-    if location.transport == Transport::Local && !Path::new(&location.url).is_dir() {
-        return Err(GitError::NoSuchPath(location.url.clone()));
+
+    /// Fetches `refs` (full names, with the ids the listing gave) into the mirror at
+    /// `mirror`, which already has the objects of `haves`. The caller bounds it in
+    /// time and then points the mirror's refs at what was fetched.
+    pub(crate) async fn fetch(
+        &self,
+        mirror: &Path,
+        refs: &[(String, Oid)],
+        haves: &[Oid],
+        credentials: &Credentials,
+    ) -> Result<(), GitError> {
+        let network = match self {
+            Remote::Local(path) => {
+                let (path, mirror) = (path.clone(), mirror.to_path_buf());
+                let names: Vec<String> = refs.iter().map(|(name, _)| name.clone()).collect();
+                return tokio::task::spawn_blocking(move || fetch_local(&path, &mirror, &names))
+                    .await
+                    .map_err(|e| GitError::Task(e.to_string()))?;
+            }
+            Remote::Network(network) => network,
+        };
+        let wants: Vec<Oid> = refs.iter().map(|(_, oid)| *oid).collect();
+        let mut pack = PackWriter::start(mirror);
+        network
+            .fetch(&wants, haves, credentials, &mut pack)
+            .await
+            .map_err(|message| GitError::Fetch {
+                refs: refs.len(),
+                message,
+            })?;
+        pack.commit().await?;
+        Ok(())
     }
-    let mut remote = Remote::create_detached(location.url.as_str()).map_err(list_error)?;
-    let mut connection = remote
-        .connect_auth(
-            Direction::Fetch,
-            Some(credentials.callbacks()),
-            Some(proxy_options()),
-        )
-        .map_err(list_error)?;
-    let head = match connection.default_branch() {
-        Ok(buf) => buf.as_str().ok().map(str::to_owned),
-        // An empty repository or a detached HEAD: no default branch.
-        Err(e) if e.code() == ErrorCode::NotFound => None,
-        Err(e) => return Err(list_error(e)),
-    };
-    let advertised = advertised_refs(connection.remote(), log).map_err(list_error)?;
-    Ok(advertisement(advertised, head, log))
 }
 
-/// The branches and tags among `advertised`, each tag at the object its `^{}` entry (or
-/// v2's `peeled:` attribute, already applied) names.
-fn advertisement(
-    advertised: Vec<(String, Oid)>,
-    head: Option<String>,
-    log: &LogContext<'_>,
-) -> Advertisement {
-    let mut refs = BTreeMap::new();
+impl Network {
+    async fn list(&self, prefixes: &[String], credentials: &Credentials) -> Result<Listed, String> {
+        match self {
+            Network::Daemon(daemon) => daemon.list(prefixes).await,
+            Network::Http(http) => http.list(prefixes, credentials.login().as_ref()).await,
+            Network::Ssh(ssh) => ssh.list(prefixes).await,
+        }
+    }
+
+    async fn fetch(
+        &self,
+        wants: &[Oid],
+        haves: &[Oid],
+        credentials: &Credentials,
+        pack: &mut PackWriter,
+    ) -> Result<(), String> {
+        match self {
+            Network::Daemon(daemon) => daemon.fetch(wants, haves, pack).await,
+            Network::Http(http) => {
+                http.fetch(wants, haves, credentials.login().as_ref(), pack)
+                    .await
+            }
+            Network::Ssh(ssh) => ssh.fetch(wants, haves, pack).await,
+        }
+    }
+}
+
+/// A local repository's branches, tags and HEAD, read from the repository itself.
+fn list_local(path: &str) -> Result<Listed, GitError> {
+    let list_error = |e: git2::Error| GitError::ListRefs(e.message().to_owned());
+    if !Path::new(path).is_dir() {
+        return Err(GitError::NoSuchPath(path.to_owned()));
+    }
+    let repo = Repository::open(path).map_err(list_error)?;
+    let mut listed = Listed::default();
+    if let Ok(head) = repo.find_reference("HEAD") {
+        listed.head = head.symbolic_target().ok().flatten().map(str::to_owned);
+    }
+    for reference in repo.references().map_err(list_error)? {
+        let reference = reference.map_err(list_error)?;
+        let Ok(name) = std::str::from_utf8(reference.name_bytes()) else {
+            continue;
+        };
+        let Some(oid) = reference.target() else {
+            continue;
+        };
+        listed.refs.push((name.to_owned(), oid));
+        if let Ok(peeled) = reference.peel(ObjectType::Any)
+            && peeled.id() != oid
+        {
+            listed.refs.push((format!("{name}^{{}}"), peeled.id()));
+        }
+    }
+    Ok(listed)
+}
+
+/// libgit2's local fetch of `names` from the repository at `path` into `mirror`.
+fn fetch_local(path: &str, mirror: &Path, names: &[String]) -> Result<(), GitError> {
+    let fetch_error = |e: git2::Error| GitError::Fetch {
+        refs: names.len(),
+        message: e.message().to_owned(),
+    };
+    let repo = Repository::open_bare(mirror).map_err(|e| GitError::mirror(mirror, e))?;
+    let refspecs: Vec<String> = names.iter().map(|n| format!("+{n}:{n}")).collect();
+    let mut remote = repo.remote_anonymous(path).map_err(fetch_error)?;
+    let mut options = git2::FetchOptions::new();
+    options
+        .download_tags(git2::AutotagOption::None)
+        .prune(git2::FetchPrune::Off)
+        .update_fetchhead(false);
+    remote
+        .fetch(&refspecs, Some(&mut options), None)
+        .map_err(fetch_error)
+}
+
+/// The branches and tags among `listed`, each tag at the object its `^{}` entry names.
+/// Refs outside the asked prefixes that a server sent anyway (v0 sends all;
+/// `ref-prefix` is a hint) are kept: the watch selects among them.
+fn advertisement(listed: Listed, log: &LogContext<'_>) -> Advertisement {
+    let mut tips = BTreeMap::new();
     let mut peeled = Vec::new();
-    for (name, oid) in advertised {
+    for (name, oid) in listed.refs {
         if let Some(tag) = name.strip_suffix("^{}") {
             peeled.push((tag.to_owned(), oid));
         } else if name.starts_with(crate::watch::HEADS) || name.starts_with(crate::watch::TAGS) {
-            // A malformed name would make every fetch refspec that names it fail.
+            // A malformed name would make every fetch that names it fail.
             if git2::Reference::is_valid_name(&name) {
-                refs.insert(name, oid);
+                tips.insert(name, oid);
             } else {
                 tracing::warn!(
                     poller = log.poller,
@@ -196,58 +254,15 @@ fn advertisement(
             }
         }
     }
+    let mut refs = tips.clone();
     for (tag, commit) in peeled {
         if let Some(oid) = refs.get_mut(&tag) {
             *oid = commit;
         }
     }
-    Advertisement { refs, head }
-}
-
-/// The advertisement as (name, oid) pairs, skipping names that are not UTF-8.
-///
-/// Read through libgit2-sys because git2's `RemoteHead::name()` unwraps the name as
-/// UTF-8, and git allows any bytes in a ref name: one odd ref on the remote must not
-/// panic every poll.
-fn advertised_refs(
-    remote: &Remote<'_>,
-    log: &LogContext<'_>,
-) -> Result<Vec<(String, Oid)>, git2::Error> {
-    use git2::Binding as _;
-
-    let mut heads: *mut *const libgit2_sys::git_remote_head = std::ptr::null_mut();
-    let mut count: usize = 0;
-    // SAFETY: `remote` is connected (or was: the list outlives the connection) and
-    // libgit2 fills `heads` with `count` pointers it owns until the remote is freed or
-    // reconnected; we copy everything out before returning while borrowing `remote`.
-    let rc = unsafe { libgit2_sys::git_remote_ls(&mut heads, &mut count, remote.raw()) };
-    if rc < 0 {
-        return Err(git2::Error::last_error(rc));
+    Advertisement {
+        refs,
+        tips,
+        head: listed.head,
     }
-    if heads.is_null() || count == 0 {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        // SAFETY: `i < count`, and each entry points at a live `git_remote_head` whose
-        // `name` is a NUL-terminated string (see libgit2's smart_pkt.c / local.c).
-        let (name, oid) = unsafe {
-            let head = *heads.add(i);
-            if head.is_null() || (*head).name.is_null() {
-                continue;
-            }
-            let name = CStr::from_ptr((*head).name).to_bytes();
-            (name, Oid::from_raw(&(*head).oid))
-        };
-        match std::str::from_utf8(name) {
-            Ok(name) => out.push((name.to_owned(), oid)),
-            Err(_) => tracing::warn!(
-                poller = log.poller,
-                repo = log.repo,
-                ref_name = %String::from_utf8_lossy(name),
-                "skipping a remote ref whose name is not UTF-8"
-            ),
-        }
-    }
-    Ok(out)
 }

@@ -12,12 +12,14 @@
 //! sees the push.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::GitError;
-use crate::remote::Advertisement;
+use crate::remote::{Advertisement, Remote};
 
 /// How long the first poller of a shared remote waits before listing, so that the other
 /// pollers polling in the same moment can join it.
@@ -29,17 +31,22 @@ pub(crate) struct RemoteKey {
     pub(crate) url: String,
     pub(crate) username: Option<String>,
     pub(crate) password_env: Option<String>,
-    pub(crate) ssh_key_file: Option<std::path::PathBuf>,
+    pub(crate) ssh_key_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) known_hosts_file: Option<PathBuf>,
 }
 
 /// Owned by the [`crate::GitBackend`], shared by all its pollers.
 #[derive(Debug, Default)]
 pub(crate) struct SharedListings {
-    remotes: Mutex<HashMap<RemoteKey, Arc<Remote>>>,
+    remotes: Mutex<HashMap<RemoteKey, Arc<SharedRemote>>>,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Remote {
+/// A remote and what its pollers share: its client (with any connection or discovery
+/// it keeps) and its last listing.
+#[derive(Debug)]
+pub(crate) struct SharedRemote {
+    pub(crate) remote: Remote,
     /// How many pollers were built for this remote (reloads only add: a stale count
     /// costs at most a [`GATHER`] pause).
     pollers: AtomicUsize,
@@ -47,17 +54,30 @@ pub(crate) struct Remote {
     prefixes: Mutex<BTreeSet<String>>,
     /// The last listing and when it started. Holding this lock while listing is what
     /// makes concurrent pollers wait for one listing instead of each making their own.
-    last: Mutex<Option<Listing>>,
+    last: tokio::sync::Mutex<Option<LastListing>>,
 }
 
 /// When a listing started, and what it found (or why it failed).
-type Listing = (Instant, Result<Arc<Advertisement>, String>);
+type LastListing = (Instant, Result<Arc<Advertisement>, String>);
 
 impl SharedListings {
-    /// Registers a poller's interest (at build time) and returns its remote's slot.
-    pub(crate) fn join(&self, key: RemoteKey, prefixes: &[String]) -> Arc<Remote> {
+    /// Registers a poller's interest (at build time) and returns its remote's slot,
+    /// made with `make` for the first poller of the remote.
+    pub(crate) fn join(
+        &self,
+        key: RemoteKey,
+        prefixes: &[String],
+        make: impl FnOnce() -> Remote,
+    ) -> Arc<SharedRemote> {
         let mut remotes = self.remotes.lock().unwrap_or_else(PoisonError::into_inner);
-        let remote = Arc::clone(remotes.entry(key).or_default());
+        let remote = Arc::clone(remotes.entry(key).or_insert_with(|| {
+            Arc::new(SharedRemote {
+                remote: make(),
+                pollers: AtomicUsize::new(0),
+                prefixes: Mutex::default(),
+                last: tokio::sync::Mutex::default(),
+            })
+        }));
         remote.pollers.fetch_add(1, Ordering::Relaxed);
         remote
             .prefixes
@@ -68,22 +88,26 @@ impl SharedListings {
     }
 }
 
-impl Remote {
+impl SharedRemote {
     /// The remote's refs for a poller that asked at `asked`: another poller's listing
     /// that started since, or a new one made with `list`.
-    pub(crate) fn listing(
-        &self,
+    pub(crate) async fn listing<'a, F, Listing>(
+        &'a self,
         asked: Instant,
-        list: impl FnOnce(&[String]) -> Result<Advertisement, GitError>,
-    ) -> Result<Arc<Advertisement>, GitError> {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        list: F,
+    ) -> Result<Arc<Advertisement>, GitError>
+    where
+        F: FnOnce(&'a Remote, Vec<String>) -> Listing,
+        Listing: Future<Output = Result<Advertisement, GitError>>,
+    {
+        let mut last = self.last.lock().await;
         if let Some((started, result)) = last.as_ref()
             && *started >= asked
         {
             return result.clone().map_err(GitError::Shared);
         }
         if self.pollers.load(Ordering::Relaxed) > 1 {
-            std::thread::sleep(GATHER);
+            tokio::time::sleep(GATHER).await;
         }
         let prefixes: Vec<String> = self
             .prefixes
@@ -93,7 +117,7 @@ impl Remote {
             .cloned()
             .collect();
         let started = Instant::now();
-        let result = list(&prefixes).map(Arc::new);
+        let result = list(&self.remote, prefixes).await.map(Arc::new);
         let shared = match &result {
             Ok(advertisement) => Ok(Arc::clone(advertisement)),
             Err(error) => Err(error.to_string()),
@@ -114,39 +138,56 @@ mod tests {
             username: None,
             password_env: None,
             ssh_key_file: None,
+            ca_file: None,
+            known_hosts_file: None,
         }
     }
 
-    #[test]
-    fn pollers_of_one_remote_share_a_listing_with_the_union_of_their_prefixes() {
+    fn local() -> Remote {
+        Remote::Local("/nowhere".into())
+    }
+
+    #[tokio::test]
+    async fn pollers_of_one_remote_share_a_listing_with_the_union_of_their_prefixes() {
         let shared = SharedListings::default();
-        let main = shared.join(key("git://h/a"), &["refs/heads/main".into()]);
-        let release = shared.join(key("git://h/a"), &["refs/heads/release/".into()]);
-        let other = shared.join(key("git://h/b"), &["refs/heads/main".into()]);
+        let main = shared.join(key("git://h/a"), &["refs/heads/main".into()], local);
+        let release = shared.join(key("git://h/a"), &["refs/heads/release/".into()], local);
+        let other = shared.join(key("git://h/b"), &["refs/heads/main".into()], local);
+        assert!(Arc::ptr_eq(&main, &release));
         let listings = AtomicUsize::new(0);
-        let list = |prefixes: &[String]| {
+        let list = |_: &Remote, prefixes: Vec<String>| {
             listings.fetch_add(1, Ordering::SeqCst);
             assert_eq!(prefixes, ["refs/heads/main", "refs/heads/release/"]);
-            Ok(Advertisement {
+            std::future::ready(Ok(Advertisement {
                 refs: BTreeMap::new(),
+                tips: BTreeMap::new(),
                 head: None,
-            })
+            }))
         };
         let asked = Instant::now();
-        main.listing(asked, list).unwrap();
+        main.listing(asked, list).await.unwrap();
         release
-            .listing(asked, |_| panic!("reused, not listed again"))
+            .listing(
+                asked,
+                |_: &Remote,
+                 _: Vec<String>|
+                 -> std::future::Ready<Result<Advertisement, GitError>> {
+                    panic!("reused, not listed again")
+                },
+            )
+            .await
             .unwrap();
         assert_eq!(listings.load(Ordering::SeqCst), 1);
         // Asked after that listing started: it is too old to answer.
         let later = Instant::now();
-        release.listing(later, list).unwrap();
+        release.listing(later, list).await.unwrap();
         assert_eq!(listings.load(Ordering::SeqCst), 2);
         other
-            .listing(Instant::now(), |p| {
+            .listing(Instant::now(), |_: &Remote, p: Vec<String>| {
                 assert_eq!(p, ["refs/heads/main"]);
-                Err(GitError::ListRefs("refused".into()))
+                std::future::ready(Err(GitError::ListRefs("refused".into())))
             })
+            .await
             .unwrap_err();
     }
 }

@@ -34,7 +34,7 @@ async fn ssh_with_a_key_file_and_host_key_checking() {
 
     // An unknown host is refused: polld never trusts a host key on first use.
     let error = poller.poll(None).await.unwrap_err().to_string();
-    assert!(error.contains("hostkey"), "{error}");
+    assert!(error.contains("not in known_hosts"), "{error}");
 
     std::fs::write(home.join(".ssh/known_hosts"), &sshd.host_key_line).unwrap();
     let mut cursor = first_poll(&poller).await;

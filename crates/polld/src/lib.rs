@@ -6,6 +6,7 @@
 mod control;
 mod http_server;
 mod logging;
+mod memory;
 mod plugins;
 mod status;
 
@@ -77,8 +78,10 @@ const EXIT_USAGE: u8 = 2;
 
 /// The `polld` command, with these plugins.
 pub fn main(plugins: Plugins) -> ExitCode {
-    // Before any thread or file exists: everything under the state dir is owner-only.
+    // Before any thread or file exists: everything under the state dir is owner-only,
+    // and the allocator keeps few arenas.
     polld_core::private::restrict_umask();
+    memory::limit_arenas();
     let cli = Cli::parse();
     logging::init(cli.log_format);
     let config_path = cli.config.clone();
@@ -96,7 +99,9 @@ pub fn main(plugins: Plugins) -> ExitCode {
             tracing::warn!(poller = %poller.name, repo = %poller.display_repo(), "repo URL carries credentials; prefer *_env or *_file keys (they are never shown or stored)");
         }
     }
+    let command = cli.command.unwrap_or(Command::Run);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers_for(&command, &config))
         .enable_all()
         .build()
     {
@@ -106,7 +111,6 @@ pub fn main(plugins: Plugins) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
     let result = runtime.block_on(dispatch(command, config, plugins, load));
     // A poll abandoned at shutdown may still hold a blocking thread: don't wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -116,6 +120,26 @@ pub fn main(plugins: Plugins) -> ExitCode {
             eprintln!("polld: {error:#}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Threads for the async runtime: one per core for the daemon; for `once`, no more than
+/// it has pollers to poll (one poller: one thread, a quick start); one for the commands
+/// that only read the store. (libgit2's and the VCS clients' blocking work runs on
+/// tokio's separate blocking pool either way.)
+fn workers_for(command: &Command, config: &Config) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    match command {
+        Command::Run => cores,
+        Command::Once { names } => {
+            let pollers = if names.is_empty() {
+                config.pollers.len()
+            } else {
+                names.len()
+            };
+            cores.min(pollers).max(1)
+        }
+        _ => 1,
     }
 }
 
@@ -168,6 +192,7 @@ async fn run(config: Config, plugins: Plugins, load: control::Loader) -> anyhow:
     };
     let listen = config.daemon.listen;
     let shutdown = CancellationToken::new();
+    tokio::spawn(memory::trim_periodically(shutdown.clone()));
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(daemon::run(
         config,
