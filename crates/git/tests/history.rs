@@ -19,11 +19,16 @@ use serde_json::json;
 
 /// Instantiates each case (an `async fn(Transport)` below) as a test in module
 /// `$module`, over `Transport::$transport`.
+///
+/// On a worker thread, as in the daemon: the cases run `git` synchronously between
+/// polls, and on a single-threaded runtime that would stall the HTTP/2 connection's task,
+/// so a connection Apache closed meanwhile (after its 2 s keep-alive) would look alive
+/// to the next poll and fail it, which never happens to the daemon.
 macro_rules! over {
     ($module:ident, $transport:ident; $($case:ident),*) => {
         mod $module {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
                 async fn $case() {
                     super::$case(super::Transport::$transport).await
                 }

@@ -273,7 +273,7 @@ pub fn with_userinfo(url: &str, userinfo: &str) -> String {
 /// `www-data` when the tests run as root, and tempdirs are owner-only): every
 /// directory above it traversable, it readable, and git told to create new files
 /// readable whatever the umask (`core.sharedRepository`).
-pub fn expose(repo: &Path) {
+fn expose(repo: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut above = repo.parent();
     while let Some(dir) = above {

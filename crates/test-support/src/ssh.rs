@@ -1,14 +1,17 @@
 //! Real `sshd`s on 127.0.0.1, for the ssh transports.
 //!
 //! An sshd runs commands through the login's shell, so `git-upload-pack '<path>'`
-//! serves any repository by its absolute path. Whether it speaks git's protocol v2
+//! serves any repository by its absolute path. bash run by sshd reads `~/.bashrc`
+//! unless it is a nested shell: the config's `SetEnv SHLVL=1` makes it one, so the
+//! tests' user's rc files (which can take seconds, or print where the protocol
+//! goes) stay out of every session, as a git host's restricted shell keeps them out. Whether it speaks git's protocol v2
 //! depends on the server, not on git: the client asks with `env GIT_PROTOCOL=…`, which
 //! sshd refuses unless its config says `AcceptEnv GIT_PROTOCOL` (upstream's and
 //! Debian's defaults do not), and upload-pack then speaks v0. Tests need both kinds:
 //! [`GitProtocol`].
 //!
-//! Host keys and client keys are made with `ssh-keygen`; [`write_known_hosts`] and
-//! [`Sshd::known_hosts_line`] make the `known_hosts` files a client checks against.
+//! Host keys and client keys are made with `ssh-keygen`; [`home_with_known_hosts`] and
+//! [`Sshd::host_key_line`] make the `known_hosts` files a client checks against.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,7 +72,7 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
                      StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      UsePAM no\nPermitRootLogin prohibit-password\nPidFile none\n\
-                     MaxStartups 64\nLogLevel VERBOSE\n{accept_env}",
+                     MaxStartups 64\nLogLevel VERBOSE\nSetEnv SHLVL=1\n{accept_env}",
                     host_key.display(),
                     authorized_keys.display(),
                 ),
@@ -94,11 +97,6 @@ impl Sshd {
             );
         }
         panic!("could not start sshd: ports kept being taken");
-    }
-
-    /// This server's `known_hosts` line, newline included.
-    pub fn known_hosts_line(&self) -> String {
-        self.host_key_line.clone()
     }
 
     /// A `known_hosts` line that gives this server another key (`public_key`, an
@@ -143,17 +141,13 @@ pub fn login() -> String {
     }
 }
 
-/// Writes `lines` (each a `known_hosts` line) to `path`, creating its directory.
-pub fn write_known_hosts(path: &Path, lines: &[String]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, lines.concat()).unwrap();
-}
-
-/// A home directory under `dir` whose `.ssh/known_hosts` holds `lines`: what `HOME`
-/// points at for a client that reads `~/.ssh/known_hosts`.
+/// A home directory under `dir` whose `.ssh/known_hosts` holds `lines` (each a
+/// `known_hosts` line): what `HOME` points at for a client that reads
+/// `~/.ssh/known_hosts`.
 pub fn home_with_known_hosts(dir: &Path, lines: &[String]) -> PathBuf {
     let home = dir.join("home");
-    write_known_hosts(&home.join(".ssh/known_hosts"), lines);
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/known_hosts"), lines.concat()).unwrap();
     home
 }
 
@@ -195,7 +189,8 @@ impl SshServers {
         std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
         let v2 = Sshd::start_with(dir, &authorized, GitProtocol::V2);
         let v0 = Sshd::start_with(dir, &authorized, GitProtocol::V0);
-        let home = home_with_known_hosts(dir, &[v2.known_hosts_line(), v0.known_hosts_line()]);
+        let home =
+            home_with_known_hosts(dir, &[v2.host_key_line.clone(), v0.host_key_line.clone()]);
         SshServers {
             known_hosts: home.join(".ssh/known_hosts"),
             v2,

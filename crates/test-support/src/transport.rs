@@ -23,8 +23,8 @@ pub enum Transport {
     Http,
     /// Smart HTTP over TLS with a certificate only the test CA (`ca_file`) vouches for.
     Https,
-    /// `ssh://` to an sshd that accepts `GIT_PROTOCOL` (v2), with a key file, the
-    /// server's host key in [`SshServers::home`]'s `known_hosts`.
+    /// `ssh://` to an sshd that accepts `GIT_PROTOCOL` (v2), with a key file and a
+    /// `known_hosts` file that knows the server.
     Ssh,
 }
 
@@ -35,9 +35,11 @@ pub struct Reach {
     pub url: String,
     /// The poller's `ca_file` (https).
     pub ca_file: Option<PathBuf>,
-    /// The poller's `ssh_key_file` (ssh); the host key is in `~/.ssh/known_hosts` when
-    /// `HOME` is [`SshServers::home`].
+    /// The poller's `ssh_key_file` (ssh).
     pub ssh_key_file: Option<PathBuf>,
+    /// The poller's `known_hosts_file` (ssh): it knows the server's host key. (Polling
+    /// with `~/.ssh/known_hosts` instead needs `HOME` at [`SshServers::home`].)
+    pub known_hosts_file: Option<PathBuf>,
 }
 
 impl Transport {
@@ -57,6 +59,7 @@ impl Transport {
             url,
             ca_file: None,
             ssh_key_file: None,
+            known_hosts_file: None,
         };
         match self {
             Transport::Local => url(repo.display().to_string()),
@@ -77,6 +80,7 @@ impl Transport {
                 let servers = SshServers::shared();
                 Reach {
                     ssh_key_file: Some(servers.client_key.clone()),
+                    known_hosts_file: Some(servers.known_hosts.clone()),
                     ..url(servers.v2.url(repo))
                 }
             }
@@ -143,13 +147,13 @@ mod tests {
                 // The environment may name a CA bundle for git (it wins over -c).
                 cmd.env("GIT_SSL_CAINFO", ca);
             }
-            if let Some(key) = &reach.ssh_key_file {
+            if let (Some(key), Some(known_hosts)) = (&reach.ssh_key_file, &reach.known_hosts_file) {
                 cmd.env(
                     "GIT_SSH_COMMAND",
                     format!(
                         "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -o BatchMode=yes",
                         key.display(),
-                        SshServers::shared().known_hosts.display()
+                        known_hosts.display()
                     ),
                 );
             }

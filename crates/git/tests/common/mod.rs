@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use polld_backend::{Backend, Cursor, Poller, PollerContext};
@@ -17,7 +17,7 @@ use tempfile::TempDir;
 #[allow(unused_imports)]
 pub use polld_test_support::poll::{advance, advance_some, branches, first_poll, revisions};
 #[allow(unused_imports)]
-pub use polld_test_support::ssh::{SshServers, Sshd, keygen};
+pub use polld_test_support::ssh::{Sshd, keygen};
 #[allow(unused_imports)]
 pub use polld_test_support::transport::Transport;
 #[allow(unused_imports)]
@@ -39,10 +39,8 @@ impl Fixture {
         Fixture::with_remote(Transport::Local)
     }
 
-    /// The remote reached over `transport`. A test binary that uses this must make
-    /// every fixture with it, before anything calls libgit2: see [`ssh_home`].
+    /// The remote reached over `transport`.
     pub fn over(transport: Transport) -> Fixture {
-        ssh_home();
         Fixture::with_remote(transport)
     }
 
@@ -85,8 +83,13 @@ impl Fixture {
                 .to_string(),
             _ => reach.url,
         };
-        if let Some(key) = reach.ssh_key_file {
-            config["ssh_key_file"] = Value::from(key.display().to_string());
+        for (key, file) in [
+            ("ssh_key_file", reach.ssh_key_file),
+            ("known_hosts_file", reach.known_hosts_file),
+        ] {
+            if let Some(file) = file {
+                config[key] = Value::from(file.display().to_string());
+            }
         }
         let context = PollerContext {
             ca_file: reach.ca_file,
@@ -94,20 +97,6 @@ impl Fixture {
         };
         build(context, config).expect("poller builds")
     }
-}
-
-/// Points `HOME` at the shared sshds' home, whose `.ssh/known_hosts` knows their host
-/// keys, once per test binary: polld checks host keys against `~/.ssh/known_hosts`
-/// (no trust on first use), and libgit2 reads `HOME` once, when it starts.
-pub fn ssh_home() {
-    static HOME: OnceLock<()> = OnceLock::new();
-    HOME.get_or_init(|| {
-        let home = &SshServers::shared().home;
-        // SAFETY: every test of a binary that uses `Fixture::over` calls this first,
-        // and the others wait on the `OnceLock` until it is done: no thread reads the
-        // environment meanwhile.
-        unsafe { std::env::set_var("HOME", home) };
-    });
 }
 
 pub fn build(context: PollerContext, config: Value) -> Result<Arc<dyn Poller>, String> {
