@@ -231,11 +231,17 @@ impl GitHttpd {
         )
     }
 
+    /// The access log's path: one line a request, tab-separated in [`Request`]'s field
+    /// order, for a tool that follows it as it grows (`polld-bench` counts listings).
+    pub fn access_log(&self) -> PathBuf {
+        self.dir.join("access.log")
+    }
+
     /// Every request so far whose target contains `needle` (a repository's path picks
     /// one test's requests out of the shared log), oldest first. Apache writes a line
     /// once it has answered: wait for an expected line rather than read once.
     pub fn requests(&self, needle: &str) -> Vec<Request> {
-        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.access_log()).unwrap_or_default();
         log.lines()
             .filter_map(parse_request)
             .filter(|request| request.target.contains(needle))

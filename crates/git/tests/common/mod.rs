@@ -36,15 +36,11 @@ pub struct Fixture {
 impl Fixture {
     /// The remote as a local path.
     pub fn new() -> Fixture {
-        Fixture::with_remote(Transport::Local)
+        Fixture::over(Transport::Local)
     }
 
     /// The remote reached over `transport`.
     pub fn over(transport: Transport) -> Fixture {
-        Fixture::with_remote(transport)
-    }
-
-    fn with_remote(transport: Transport) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let remote = GitRepo::init(&tmp.path().join("remote"));
         remote.commit_message("initial");
