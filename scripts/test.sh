@@ -7,14 +7,17 @@ cd "$(dirname "$0")/.."
 # Cargo's build cache lives outside the checkout, so a fresh clone rebuilds incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 
-# System packages the tests drive for real: git (with git daemon), Subversion
-# (svn, svnadmin, svnserve; Apache with mod_dav_svn for http://), Mercurial, and sshd
-# plus ssh-keygen for ssh transports.
+# System packages the tests drive for real: git (with git daemon and git http-backend),
+# Subversion (svn, svnadmin, svnserve; Apache with mod_dav_svn for http://), Mercurial,
+# Apache (mod_ssl, mod_http2 and mod_cgid serve git over http and https; htpasswd),
+# openssl (the tests' certificate authority), and sshd plus ssh-keygen for ssh
+# transports.
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v svnserve >/dev/null || missing+=(subversion)
 command -v hg >/dev/null || missing+=(mercurial)
 [ -x /usr/sbin/apache2 ] || missing+=(apache2)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 [ -e /usr/lib/apache2/modules/mod_dav_svn.so ] || missing+=(libapache2-mod-svn)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)

@@ -312,6 +312,8 @@ pub(crate) fn redirect_policy() -> reqwest::redirect::Policy {
 }
 
 /// An HTTP error with its causes, without the URL (which may carry credentials).
+/// rustls names an untrusted certificate only `UnknownIssuer`: the message then says
+/// what polld trusts, so that the fix (`ca_file`) is in the error.
 fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     if let Some(url) = error.url() {
@@ -322,6 +324,12 @@ fn describe(error: &reqwest::Error) -> String {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
+    }
+    if text.contains("UnknownIssuer") {
+        text.push_str(
+            " (the server's certificate is not signed by a CA polld trusts: the system's \
+             roots and the poller's ca_file)",
+        );
     }
     text
 }

@@ -1,4 +1,9 @@
-//! What a poll reports as the remote's history changes: local remotes, real git.
+//! What a poll reports as the remote's history changes, over every transport: each
+//! case below runs against a local path, `git daemon`, Apache's `git http-backend`
+//! over http and https (`ca_file`), and sshd, all real and on 127.0.0.1, shared by the
+//! whole binary. A failure names the case and the transport:
+//! `over_https::tags_are_peeled_to_commits_and_selected_by_glob`. Run one transport
+//! with `cargo test -p polld-git --test history over_ssh::`.
 
 // Tests may unwrap: a panic is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -12,9 +17,62 @@ use common::*;
 use polld_backend::PollOutcome;
 use serde_json::json;
 
-#[tokio::test]
-async fn first_poll_records_heads_and_reports_nothing() {
-    let fx = Fixture::new();
+/// Instantiates each case (an `async fn(Transport)` below) as a test in module
+/// `$module`, over `Transport::$transport`.
+///
+/// On a worker thread, as in the daemon: the cases run `git` synchronously between
+/// polls, and on a single-threaded runtime that would stall the HTTP/2 connection's task,
+/// so a connection Apache closed meanwhile (after its 2 s keep-alive) would look alive
+/// to the next poll and fail it, which never happens to the daemon.
+macro_rules! over {
+    ($module:ident, $transport:ident; $($case:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+                async fn $case() {
+                    super::$case(super::Transport::$transport).await
+                }
+            )*
+        }
+    };
+}
+
+/// Every case, over every transport.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        over!(over_local, Local; $($case),*);
+        over!(over_git_daemon, GitDaemon; $($case),*);
+        over!(over_http, Http; $($case),*);
+        over!(over_https, Https; $($case),*);
+        over!(over_ssh, Ssh; $($case),*);
+    };
+}
+
+cases!(
+    first_poll_records_heads_and_reports_nothing,
+    linear_commits_are_reported_oldest_first_with_every_field,
+    an_unchanged_remote_touches_nothing,
+    commits_shared_by_two_branches_are_reported_once,
+    a_no_ff_merge_is_one_change_diffed_against_its_first_parent,
+    a_new_branch_reports_only_its_own_commits,
+    a_deleted_branch_is_dropped_without_a_change,
+    a_force_push_reports_only_the_rewritten_commits,
+    a_force_push_after_the_mirror_was_lost_reports_only_the_new_tip,
+    a_new_branch_after_everything_known_was_lost_reports_only_its_tip,
+    an_empty_remote_then_its_first_commit,
+    a_lost_mirror_is_refetched_for_a_fast_forward,
+    a_corrupt_mirror_is_rebuilt,
+    tags_are_peeled_to_commits_and_selected_by_glob,
+    branch_globs_select_short_names,
+    the_default_follows_the_remote_head,
+    pushes_without_commits_can_be_reported,
+    odd_names_and_messages_are_converted_lossily,
+    an_empty_message_is_an_empty_comment,
+    a_huge_push_is_reported_a_thousand_changes_a_poll_oldest_first,
+);
+
+async fn first_poll_records_heads_and_reports_nothing(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let cursor = first_poll(&poller).await;
     assert_eq!(
@@ -28,9 +86,8 @@ async fn first_poll_records_heads_and_reports_nothing() {
     assert_eq!(poller.describe(), "branch: remote HEAD");
 }
 
-#[tokio::test]
-async fn linear_commits_are_reported_oldest_first_with_every_field() {
-    let fx = Fixture::new();
+async fn linear_commits_are_reported_oldest_first_with_every_field(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
@@ -59,9 +116,8 @@ async fn linear_commits_are_reported_oldest_first_with_every_field() {
     assert_eq!(cursor_refs(&cursor)["refs/heads/main"], json!(three));
 }
 
-#[tokio::test]
-async fn an_unchanged_remote_touches_nothing() {
-    let fx = Fixture::new();
+async fn an_unchanged_remote_touches_nothing(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let cursor = first_poll(&poller).await;
 
@@ -98,9 +154,8 @@ async fn an_unchanged_remote_touches_nothing() {
     );
 }
 
-#[tokio::test]
-async fn commits_shared_by_two_branches_are_reported_once() {
-    let fx = Fixture::new();
+async fn commits_shared_by_two_branches_are_reported_once(transport: Transport) {
+    let fx = Fixture::over(transport);
     fx.remote.git(&["branch", "dev"]);
     let poller = fx.poller(json!({"branches": ["main", "dev"]}));
     let mut cursor = first_poll(&poller).await;
@@ -130,9 +185,8 @@ async fn commits_shared_by_two_branches_are_reported_once() {
     assert_eq!(branches(&changes), ["dev"]);
 }
 
-#[tokio::test]
-async fn a_no_ff_merge_is_one_change_diffed_against_its_first_parent() {
-    let fx = Fixture::new();
+async fn a_no_ff_merge_is_one_change_diffed_against_its_first_parent(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
@@ -151,9 +205,8 @@ async fn a_no_ff_merge_is_one_change_diffed_against_its_first_parent() {
     assert_eq!(changes[1].files, ["feature/one.txt", "feature/two.txt"]);
 }
 
-#[tokio::test]
-async fn a_new_branch_reports_only_its_own_commits() {
-    let fx = Fixture::new();
+async fn a_new_branch_reports_only_its_own_commits(transport: Transport) {
+    let fx = Fixture::over(transport);
     let base = fx.remote.commit_message("base");
     let poller = fx.poller(json!({"branches": ["*"]}));
     let mut cursor = first_poll(&poller).await;
@@ -167,9 +220,8 @@ async fn a_new_branch_reports_only_its_own_commits() {
     assert_eq!(cursor_refs(&cursor)["refs/heads/topic/new"], json!(t2));
 }
 
-#[tokio::test]
-async fn a_deleted_branch_is_dropped_without_a_change() {
-    let fx = Fixture::new();
+async fn a_deleted_branch_is_dropped_without_a_change(transport: Transport) {
+    let fx = Fixture::over(transport);
     fx.remote.git(&["checkout", "-q", "-b", "gone"]);
     fx.remote.commit_message("doomed");
     fx.remote.git(&["checkout", "-q", "main"]);
@@ -203,9 +255,8 @@ async fn a_deleted_branch_is_dropped_without_a_change() {
     assert_eq!(revisions(&changes), [&after]);
 }
 
-#[tokio::test]
-async fn a_force_push_reports_only_the_rewritten_commits() {
-    let fx = Fixture::new();
+async fn a_force_push_reports_only_the_rewritten_commits(transport: Transport) {
+    let fx = Fixture::over(transport);
     let base = fx.remote.commit_message("base");
     fx.remote.commit_message("old one");
     fx.remote.commit_message("old two");
@@ -219,9 +270,8 @@ async fn a_force_push_reports_only_the_rewritten_commits() {
     assert_eq!(revisions(&changes), [&new1, &new2]);
 }
 
-#[tokio::test]
-async fn a_force_push_after_the_mirror_was_lost_reports_only_the_new_tip() {
-    let fx = Fixture::new();
+async fn a_force_push_after_the_mirror_was_lost_reports_only_the_new_tip(transport: Transport) {
+    let fx = Fixture::over(transport);
     let base = fx.remote.commit_message("base");
     fx.remote.commit_message("old one");
     let poller = fx.poller(json!({}));
@@ -235,9 +285,8 @@ async fn a_force_push_after_the_mirror_was_lost_reports_only_the_new_tip() {
     assert_eq!(revisions(&changes), [&new2]);
 }
 
-#[tokio::test]
-async fn a_new_branch_after_everything_known_was_lost_reports_only_its_tip() {
-    let fx = Fixture::new();
+async fn a_new_branch_after_everything_known_was_lost_reports_only_its_tip(transport: Transport) {
+    let fx = Fixture::over(transport);
     fx.remote.commit_message("old");
     let poller = fx.poller(json!({"branches": ["*"]}));
     let mut cursor = first_poll(&poller).await;
@@ -253,9 +302,26 @@ async fn a_new_branch_after_everything_known_was_lost_reports_only_its_tip() {
     assert_eq!(revisions(&changes), [&tip]);
 }
 
-#[tokio::test]
-async fn a_lost_mirror_is_refetched_for_a_fast_forward() {
-    let fx = Fixture::new();
+async fn an_empty_remote_then_its_first_commit(transport: Transport) {
+    let fx = Fixture::over(transport);
+    let empty = GitRepo::init(&fx.tmp.path().join("empty"));
+    let poller = fx.poller_of(&empty.path, json!({}));
+    let mut cursor = first_poll(&poller).await;
+    assert_eq!(cursor.as_ref().unwrap().0, json!({"refs": {}}));
+
+    // Nothing was known, so nothing bounds the first branch's history: only its tip
+    // is reported (never a flood), then every commit after it.
+    empty.commit_message("one");
+    let two = empty.commit_message("two");
+    let changes = advance(&poller, &mut cursor).await;
+    assert_eq!(revisions(&changes), [&two]);
+    let three = empty.commit_message("three");
+    let changes = advance(&poller, &mut cursor).await;
+    assert_eq!(revisions(&changes), [&three]);
+}
+
+async fn a_lost_mirror_is_refetched_for_a_fast_forward(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
@@ -266,9 +332,8 @@ async fn a_lost_mirror_is_refetched_for_a_fast_forward() {
     assert_eq!(revisions(&changes), [&one, &two]);
 }
 
-#[tokio::test]
-async fn a_corrupt_mirror_is_rebuilt() {
-    let fx = Fixture::new();
+async fn a_corrupt_mirror_is_rebuilt(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
@@ -280,9 +345,8 @@ async fn a_corrupt_mirror_is_rebuilt() {
     assert_eq!(revisions(&changes), [&one]);
 }
 
-#[tokio::test]
-async fn tags_are_peeled_to_commits_and_selected_by_glob() {
-    let fx = Fixture::new();
+async fn tags_are_peeled_to_commits_and_selected_by_glob(transport: Transport) {
+    let fx = Fixture::over(transport);
     let main_tip = fx.remote.rev_parse("main");
     let poller = fx.poller(json!({"tags": true}));
     assert_eq!(poller.describe(), "branch: remote HEAD; tags: all");
@@ -337,9 +401,8 @@ async fn tags_are_peeled_to_commits_and_selected_by_glob() {
     assert_eq!(branches(&changes), ["refs/tags/v3"]);
 }
 
-#[tokio::test]
-async fn branch_globs_select_short_names() {
-    let fx = Fixture::new();
+async fn branch_globs_select_short_names(transport: Transport) {
+    let fx = Fixture::over(transport);
     for branch in ["release/1.0", "release/2.0", "feature/x", "releases"] {
         fx.remote.git(&["branch", branch]);
     }
@@ -355,9 +418,8 @@ async fn branch_globs_select_short_names() {
     assert_eq!(cursor_refs(&first_poll(&all).await).len(), 5);
 }
 
-#[tokio::test]
-async fn the_default_follows_the_remote_head() {
-    let fx = Fixture::new();
+async fn the_default_follows_the_remote_head(transport: Transport) {
+    let fx = Fixture::over(transport);
     fx.remote.git(&["branch", "other"]);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
@@ -383,9 +445,8 @@ async fn the_default_follows_the_remote_head() {
     );
 }
 
-#[tokio::test]
-async fn pushes_without_commits_can_be_reported() {
-    let fx = Fixture::new();
+async fn pushes_without_commits_can_be_reported(transport: Transport) {
+    let fx = Fixture::over(transport);
     let first = fx.remote.rev_parse("main");
     let second = fx.remote.commit_message("second");
     let quiet = fx.poller(json!({"branches": ["*"]}));
@@ -404,11 +465,10 @@ async fn pushes_without_commits_can_be_reported() {
     assert_eq!(quiet_cursor, loud_cursor);
 }
 
-#[tokio::test]
-async fn odd_names_and_messages_are_converted_lossily() {
+async fn odd_names_and_messages_are_converted_lossily(transport: Transport) {
     use std::os::unix::ffi::OsStrExt;
 
-    let fx = Fixture::new();
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
 
@@ -444,9 +504,8 @@ async fn odd_names_and_messages_are_converted_lossily() {
     assert_eq!(change.comments, "R\u{fffd}sum\u{fffd} \u{fffd}\n\nbody");
 }
 
-#[tokio::test]
-async fn an_empty_message_is_an_empty_comment() {
-    let fx = Fixture::new();
+async fn an_empty_message_is_an_empty_comment(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
     fx.remote.git_dated(&[
@@ -463,9 +522,8 @@ async fn an_empty_message_is_an_empty_comment() {
     assert!(changes[0].files.is_empty());
 }
 
-#[tokio::test]
-async fn a_huge_push_is_reported_a_thousand_changes_a_poll_oldest_first() {
-    let fx = Fixture::new();
+async fn a_huge_push_is_reported_a_thousand_changes_a_poll_oldest_first(transport: Transport) {
+    let fx = Fixture::over(transport);
     let poller = fx.poller(json!({}));
     let mut cursor = first_poll(&poller).await;
     let shas = fx.remote.fast_import_commits("main", 2_500);

@@ -1,4 +1,5 @@
-//! Reaching remotes: transports, failures, credentials and what build() refuses.
+//! Reaching remotes: `file://`, failures, credentials and what build() refuses. (The
+//! history cases run over every transport in `history.rs`.)
 
 // Tests may unwrap: a panic is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -6,26 +7,7 @@
 mod common;
 
 use common::*;
-use polld_backend::PollOutcome;
 use serde_json::json;
-
-#[tokio::test]
-async fn polls_over_the_git_protocol() {
-    let fx = Fixture::new();
-    let daemon = GitDaemon::start(fx.tmp.path());
-    let url = format!("git://127.0.0.1:{}/remote", daemon.port);
-    let poller = build(fx.context(&url), json!({"branches": ["main"]})).unwrap();
-    let mut cursor = first_poll(&poller).await;
-
-    let one = fx.remote.commit_message("one");
-    let two = fx.remote.commit_message("two");
-    let changes = advance(&poller, &mut cursor).await;
-    assert_eq!(revisions(&changes), [&one, &two]);
-    assert_eq!(
-        poller.poll(cursor.as_ref()).await.unwrap(),
-        PollOutcome::Unchanged
-    );
-}
 
 #[tokio::test]
 async fn polls_a_file_url() {
@@ -35,25 +17,6 @@ async fn polls_a_file_url() {
     let mut cursor = first_poll(&poller).await;
     let one = fx.remote.commit_message("one");
     assert_eq!(revisions(&advance(&poller, &mut cursor).await), [&one]);
-}
-
-#[tokio::test]
-async fn an_empty_remote_then_its_first_commit() {
-    let fx = Fixture::new();
-    let empty = GitRepo::init(&fx.tmp.path().join("empty"));
-    let poller = build(fx.context("empty"), json!({})).unwrap();
-    let mut cursor = first_poll(&poller).await;
-    assert_eq!(cursor.as_ref().unwrap().0, json!({"refs": {}}));
-
-    // Nothing was known, so nothing bounds the first branch's history: only its tip
-    // is reported (never a flood), then every commit after it.
-    empty.commit_message("one");
-    let two = empty.commit_message("two");
-    let changes = advance(&poller, &mut cursor).await;
-    assert_eq!(revisions(&changes), [&two]);
-    let three = empty.commit_message("three");
-    let changes = advance(&poller, &mut cursor).await;
-    assert_eq!(revisions(&changes), [&three]);
 }
 
 #[tokio::test]

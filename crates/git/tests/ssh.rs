@@ -1,7 +1,7 @@
 //! The ssh transport against a real `sshd` on loopback: key authentication from
 //! `ssh_key_file`, and host keys checked against `~/.ssh/known_hosts`.
 //!
-//! Alone in its test binary because it points `HOME` (where libssh2 finds
+//! Alone in its test binary because it points `HOME` (where polld finds
 //! `known_hosts`) at a tempdir for the whole process. sshd must run as root, as the
 //! test command does; openssh-server is installed by `scripts/test.sh`.
 
@@ -19,7 +19,7 @@ async fn ssh_with_a_key_file_and_host_key_checking() {
     let fx = Fixture::new();
     let home = fx.tmp.path().join("home");
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
-    // SAFETY: the only test in this binary, and set before libssh2 reads it.
+    // SAFETY: the only test in this binary, and set before the poller reads it.
     unsafe { std::env::set_var("HOME", &home) };
     let client_key = fx.tmp.path().join("client_key");
     keygen(&client_key);

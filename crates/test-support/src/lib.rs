@@ -22,12 +22,17 @@ use tempfile::TempDir;
 
 pub mod apache;
 pub mod buildbot;
+pub mod group;
 pub mod hg;
 pub mod http;
+pub mod httpd;
 pub mod poll;
+pub mod proxy;
+pub mod scratch;
 pub mod ssh;
 pub mod svn;
 pub mod tls;
+pub mod transport;
 
 /// Every file below `dir` (for failure messages, and searches).
 pub fn list_files(dir: &Path) -> Vec<PathBuf> {

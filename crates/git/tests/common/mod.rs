@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,22 +19,36 @@ pub use polld_test_support::poll::{advance, advance_some, branches, first_poll, 
 #[allow(unused_imports)]
 pub use polld_test_support::ssh::{Sshd, keygen};
 #[allow(unused_imports)]
+pub use polld_test_support::transport::Transport;
+#[allow(unused_imports)]
 pub use polld_test_support::{
     AUTHOR, COMMITTER, GitDaemon, GitRepo, closed_port, git_command, tick,
 };
 
-/// A tempdir with a remote repository (one commit on `main`) and a poller context.
+/// A tempdir with a remote repository (one commit on `main`) reached over one
+/// transport, and a poller context.
 pub struct Fixture {
     pub tmp: TempDir,
     pub remote: GitRepo,
+    pub transport: Transport,
 }
 
 impl Fixture {
+    /// The remote as a local path.
     pub fn new() -> Fixture {
+        Fixture::over(Transport::Local)
+    }
+
+    /// The remote reached over `transport`.
+    pub fn over(transport: Transport) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let remote = GitRepo::init(&tmp.path().join("remote"));
         remote.commit_message("initial");
-        Fixture { tmp, remote }
+        Fixture {
+            tmp,
+            remote,
+            transport,
+        }
     }
 
     pub fn mirror_dir(&self) -> PathBuf {
@@ -48,9 +62,36 @@ impl Fixture {
         }
     }
 
-    /// A poller on the remote, named by a path relative to the config directory.
+    /// A poller on the remote over the fixture's transport (a local remote is named by
+    /// a path relative to the config directory), with `config`'s keys.
     pub fn poller(&self, config: Value) -> Arc<dyn Poller> {
-        build(self.context("remote"), config).expect("poller builds")
+        self.poller_of(&self.remote.path, config)
+    }
+
+    /// A poller on the repository at `repo` (under `tmp`), as [`Fixture::poller`].
+    pub fn poller_of(&self, repo: &Path, mut config: Value) -> Arc<dyn Poller> {
+        let reach = self.transport.reach(repo);
+        let url = match self.transport {
+            Transport::Local => repo
+                .strip_prefix(self.tmp.path())
+                .unwrap()
+                .display()
+                .to_string(),
+            _ => reach.url,
+        };
+        for (key, file) in [
+            ("ssh_key_file", reach.ssh_key_file),
+            ("known_hosts_file", reach.known_hosts_file),
+        ] {
+            if let Some(file) = file {
+                config[key] = Value::from(file.display().to_string());
+            }
+        }
+        let context = PollerContext {
+            ca_file: reach.ca_file,
+            ..self.context(&url)
+        };
+        build(context, config).expect("poller builds")
     }
 }
 
