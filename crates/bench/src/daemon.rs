@@ -37,7 +37,7 @@ pub struct DaemonRemote<'a> {
     /// For the report: `git://`, `https://`.
     pub label: &'static str,
     /// A repository's `repo`, by its name under the fixture's base.
-    pub url: &'a dyn Fn(&str) -> String,
+    pub url: Box<dyn Fn(&str) -> String + 'a>,
     /// More keys for every poller (`ca_file = "…"`).
     pub poller_keys: String,
     /// The server's request log, and what marks one listing's line in it.

@@ -294,13 +294,10 @@ pub fn run(options: &Options) -> Result<Report> {
         let polld = locate_polld(options)?;
         // Apache, when the daemon polls over https; stopped when dropped.
         let mut httpd = None;
-        let git_url = |name: &str| gitd.url(name);
-        let https_base;
-        let https_url = |name: &str| format!("{https_base}/{name}");
         let remote = match options.daemon_transport {
             DaemonTransport::Git => daemon::DaemonRemote {
                 label: "git://",
-                url: &git_url,
+                url: Box::new(|name| gitd.url(name)),
                 poller_keys: String::new(),
                 log: gitd.log.clone(),
                 marker: fixture::GIT_DAEMON_REQUEST,
@@ -311,14 +308,14 @@ pub fn run(options: &Options) -> Result<Report> {
                 progress("starting Apache (git http-backend over https)");
                 let server = httpd.insert(polld_test_support::httpd::GitHttpd::start(&dir));
                 // The base's URL exposes every repository under it to Apache's workers.
-                https_base = server.url(
+                let base = server.url(
                     polld_test_support::httpd::Port::Https,
                     polld_test_support::httpd::Route::Anonymous,
                     &repos.base,
                 );
                 daemon::DaemonRemote {
                     label: "https://",
-                    url: &https_url,
+                    url: Box::new(move |name| format!("{base}/{name}")),
                     poller_keys: format!("ca_file = \"{}\"\n", server.ca_file.display()),
                     log: server.access_log(),
                     // Every listing is one POST (discovery is cached).
