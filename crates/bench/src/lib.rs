@@ -259,10 +259,18 @@ pub fn run(options: &Options) -> Result<Report> {
             )?);
         }
         if options.transports {
+            let fleet: Vec<PathBuf> = (0..n.min(64)).map(|i| repos.path(i)).collect();
             let served = transports::RefsRepos {
                 small: &small,
                 big: &big,
                 commit: &repos.commit,
+                fleet: &fleet,
+                concurrency: options.concurrency,
+                concurrent_polls: if options.transport_seconds == 0 {
+                    0
+                } else {
+                    3000
+                },
             };
             report.transports = transports::measure(
                 &root,
@@ -384,7 +392,10 @@ fn measure_refs(
 /// from (same profile), else an existing `polld` there.
 fn locate_polld(options: &Options) -> Result<PathBuf> {
     if let Some(path) = &options.polld {
-        return Ok(path.clone());
+        // Absolute: `polld once` runs in its config's directory.
+        return path
+            .canonicalize()
+            .with_context(|| format!("--polld {}", path.display()));
     }
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("no directory for this binary")?;

@@ -466,7 +466,7 @@ impl Report {
             );
         }
         for row in &self.transports {
-            let cpu = row.polld_small.cpu_ms_per_poll();
+            let cpu = row.polld_concurrent.cpu_ms_per_poll();
             let limit = if row.transport == "ssh://" { 0.3 } else { 0.15 };
             let _ = writeln!(
                 s,
@@ -514,15 +514,17 @@ impl Report {
         let _ = writeln!(
             s,
             "### Per transport: a no-change poll of `main`, client CPU ms\n\n\
-             | transport | polld, 10 refs | polld, {big} refs | {big} / 10 | one `git ls-remote` (10 / {big} refs) | Buildbot's sequence | ls-remote / polld | Buildbot / polld |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|"
+             | transport | polld, {c} at once | polld, 1 at a time: 10 refs | {big} refs | {big} / 10 | one `git ls-remote` (10 / {big} refs) | Buildbot's sequence | ls-remote / polld | Buildbot / polld |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            c = self.options.concurrency
         );
         for row in &self.transports {
             let polld = row.polld_small.cpu_ms_per_poll().max(1e-9);
             let _ = writeln!(
                 s,
-                "| {} | **{}** | {} | {} | {} / {} | {} | **{}** | **{}** |",
+                "| {} | **{}** | {} | {} | {} | {} / {} | {} | **{}** | **{}** |",
                 row.transport,
+                ms(row.polld_concurrent.cpu_ms_per_poll()),
                 ms(row.polld_small.cpu_ms_per_poll()),
                 ms(row.polld_big.cpu_ms_per_poll()),
                 ratio(row.refs_ratio()),
@@ -535,11 +537,15 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n- one poll at a time; polld in-process on a warm connection (pooled HTTP, one TLS \
-             session, one ssh session), CPU from `RUSAGE_SELF`; git's processes (and their `ssh`) \
-             from `RUSAGE_CHILDREN`. Servers on 127.0.0.1: `git daemon`, Apache 2.4 with `git \
+            "\n- polld in-process on warm connections (pooled HTTP, TLS sessions, one ssh \
+             connection per host), CPU from `RUSAGE_SELF`: {} repositories of the server {} polls \
+             at once, as the daemon polls, and one repository one poll at a time (each poll then \
+             also pays for waking the runtime's threads); git's processes (and their `ssh`) from \
+             `RUSAGE_CHILDREN`, one at a time; ratios against polld one at a time. Servers on 127.0.0.1: `git daemon`, Apache 2.4 with `git \
              http-backend` (HTTP/2 over TLS, a CA made by the benchmark), OpenSSH's sshd with \
              `AcceptEnv GIT_PROTOCOL`; their CPU is not counted. polld's latency, 10 refs: {}.\n",
+            self.transports.first().map_or(0, |row| row.fleet_repos),
+            self.options.concurrency,
             self.transports
                 .iter()
                 .map(|row| format!(

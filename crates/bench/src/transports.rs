@@ -20,6 +20,10 @@ use crate::progress;
 #[derive(Debug, Clone, Default)]
 pub struct TransportRow {
     pub transport: &'static str,
+    /// polld over many repositories of the transport's server, `concurrency` at once
+    /// (as the daemon polls).
+    pub polld_concurrent: PollStats,
+    pub fleet_repos: usize,
     pub polld_small: PollStats,
     pub polld_big: PollStats,
     pub ls_remote_small: PollStats,
@@ -38,8 +42,13 @@ impl TransportRow {
 pub struct RefsRepos<'a> {
     pub small: &'a Path,
     pub big: &'a Path,
-    /// The commit `main` points at in both.
+    /// The commit `main` points at in both, and in every one of `fleet`.
     pub commit: &'a str,
+    /// Repositories polled concurrently.
+    pub fleet: &'a [PathBuf],
+    pub concurrency: usize,
+    /// No-change polls of the fleet, in all.
+    pub concurrent_polls: usize,
 }
 
 /// One transport: how polld and git reach the two repositories.
@@ -47,11 +56,29 @@ struct Served {
     name: &'static str,
     small: String,
     big: String,
+    fleet: Vec<String>,
     ca_file: Option<PathBuf>,
     ssh: Option<(PathBuf, PathBuf)>,
 }
 
 impl Served {
+    fn new(
+        name: &'static str,
+        repos: &RefsRepos<'_>,
+        url: impl Fn(&Path) -> String,
+        ca_file: Option<PathBuf>,
+        ssh: Option<(PathBuf, PathBuf)>,
+    ) -> Served {
+        Served {
+            name,
+            small: url(repos.small),
+            big: url(repos.big),
+            fleet: repos.fleet.iter().map(|path| url(path)).collect(),
+            ca_file,
+            ssh,
+        }
+    }
+
     fn access(&self, url: &str) -> Access {
         Access {
             url: url.to_owned(),
@@ -93,39 +120,33 @@ pub fn measure(
     progress("starting Apache (git http-backend, http and https) and sshd");
     let httpd = GitHttpd::start(&create(root.join("httpd"))?);
     let sshd = SshServers::start(&create(root.join("sshd"))?);
-    let name_of = |path: &Path| {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+    let git_url = |path: &Path| {
+        gitd.url(
+            &path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
     };
-    let http = |port| Served {
-        name: if port == Port::Http {
-            "http://"
-        } else {
-            "https:// (local CA)"
-        },
-        small: httpd.url(port, Route::Anonymous, repos.small),
-        big: httpd.url(port, Route::Anonymous, repos.big),
-        ca_file: (port == Port::Https).then(|| httpd.ca_file.clone()),
-        ssh: None,
-    };
+    let http_url = |port, path: &Path| httpd.url(port, Route::Anonymous, path);
+    let ssh_url = |path: &Path| sshd.v2.url(path);
     let served = [
-        Served {
-            name: "git://",
-            small: gitd.url(&name_of(repos.small)),
-            big: gitd.url(&name_of(repos.big)),
-            ca_file: None,
-            ssh: None,
-        },
-        http(Port::Http),
-        http(Port::Https),
-        Served {
-            name: "ssh://",
-            small: sshd.v2.url(repos.small),
-            big: sshd.v2.url(repos.big),
-            ca_file: None,
-            ssh: Some((sshd.client_key.clone(), sshd.known_hosts.clone())),
-        },
+        Served::new("git://", repos, git_url, None, None),
+        Served::new("http://", repos, |p| http_url(Port::Http, p), None, None),
+        Served::new(
+            "https:// (local CA)",
+            repos,
+            |p| http_url(Port::Https, p),
+            Some(httpd.ca_file.clone()),
+            None,
+        ),
+        Served::new(
+            "ssh://",
+            repos,
+            ssh_url,
+            None,
+            Some((sshd.client_key.clone(), sshd.known_hosts.clone())),
+        ),
     ];
     served
         .iter()
@@ -161,6 +182,17 @@ fn measure_one(
     inproc.measure_sequential(&small, &small_cursor, 20, 20, Duration::ZERO);
     inproc.measure_sequential(&big, &big_cursor, 2, 2, Duration::ZERO);
     let polld_small = inproc.measure_sequential(&small, &small_cursor, 100, 20_000, budget);
+
+    let fleet = served
+        .fleet
+        .iter()
+        .enumerate()
+        .map(|(k, url)| inproc.poller_with(&format!("t{index}f{k}"), &served.access(url), &state))
+        .collect::<Result<Vec<_>>>()?;
+    let cursor = inproc.first_poll(&fleet[0])?;
+    inproc.measure_concurrent(&fleet, &cursor, 1, repos.concurrency);
+    let rounds = repos.concurrent_polls.div_ceil(fleet.len().max(1)).max(1);
+    let polld_concurrent = inproc.measure_concurrent(&fleet, &cursor, rounds, repos.concurrency);
     let polld_big = inproc.measure_sequential(&big, &big_cursor, 5, 1000, budget);
 
     let env = served.git_env();
@@ -179,6 +211,8 @@ fn measure_one(
     let buildbot_small = procs::measure(once, 10, 1, procs::buildbot_poll);
     Ok(TransportRow {
         transport: served.name,
+        polld_concurrent,
+        fleet_repos: fleet.len(),
         polld_small,
         polld_big,
         ls_remote_small,

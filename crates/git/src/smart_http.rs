@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use git2::Oid;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use reqwest::{Client, Response, StatusCode, Url};
+use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 use tokio::io::AsyncRead;
 use tokio_util::io::StreamReader;
 
@@ -158,7 +158,7 @@ impl HttpRemote {
         if let Some(login) = login {
             request = request.basic_auth(login.username, Some(login.password));
         }
-        let response = request.send().await.map_err(|e| describe(&e))?;
+        let response = send(request).await?;
         let response = check(response, ADVERTISEMENT, "the ref discovery")?;
         let base = base_after_redirects(&self.configured, response.url())?;
         if base.host_str() != self.configured.host_str() && login.is_some() {
@@ -210,9 +210,28 @@ impl HttpRemote {
         {
             request = request.basic_auth(login.username, Some(login.password));
         }
-        let response = request.send().await.map_err(|e| describe(&e))?;
+        let response = send(request).await?;
         let response = check(response, RESULT, "git-upload-pack")?;
         Ok(body_reader(response, budget))
+    }
+}
+
+/// Sends `request`, and once more if the connection failed under it: a pooled
+/// keep-alive connection the server closed just as the request went out, or an HTTP/2
+/// GOAWAY for the whole connection (Apache sends one under load). Every request polld
+/// makes here is read-only, so repeating it is safe; git (through curl) does the same.
+async fn send(request: RequestBuilder) -> Result<Response, String> {
+    let again = request.try_clone();
+    match (request.send().await, again) {
+        (Ok(response), _) => Ok(response),
+        (Err(error), Some(again)) if !error.is_timeout() && !error.is_connect() => {
+            tracing::debug!(
+                error = %describe(&error),
+                "the connection failed under the request; sending it once more"
+            );
+            again.send().await.map_err(|e| describe(&e))
+        }
+        (Err(error), _) => Err(describe(&error)),
     }
 }
 

@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 /// How often free memory is handed back to the system.
 const TRIM_EVERY: Duration = Duration::from_secs(300);
 
+/// The first time: soon after start, when the launch burst (every poller's first poll
+/// at once) has freed the most.
+const FIRST_TRIM: Duration = Duration::from_secs(60);
+
 /// Caps glibc's arenas; call before any thread starts.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -26,13 +30,16 @@ pub fn limit_arenas() {
     }
 }
 
-/// Hands free memory back to the system every [`TRIM_EVERY`] until `shutdown`.
+/// Hands free memory back to the system after [`FIRST_TRIM`], then every
+/// [`TRIM_EVERY`], until `shutdown`.
 pub async fn trim_periodically(shutdown: CancellationToken) {
+    let mut wait = FIRST_TRIM;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(TRIM_EVERY) => {}
+            () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
+        wait = TRIM_EVERY;
         // Walks the arenas under their locks: off the async workers.
         let _ = tokio::task::spawn_blocking(trim).await;
     }
