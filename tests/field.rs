@@ -596,11 +596,12 @@ fn branches_star_string_means_every_branch() {
 
 /// Four pollers a, b, c, d on their own repositories, delivering to `receiver` through
 /// a webhook sink (plus `sink_extra`). `a` gets a commit and is polled until the
-/// receiver has seen it; then b, c and d get theirs. Returns (daemon, b/c/d's shas).
+/// receiver has seen it; then b, c and d get theirs. Returns the daemon, b/c/d's shas,
+/// and the remotes, which must outlive the daemon's polls.
 fn lanes_scenario(
     receiver: &Receiver,
     sink_extra: &str,
-) -> (Polld, RunningPolld, Vec<(String, String)>) {
+) -> (Polld, RunningPolld, Vec<(String, String)>, Vec<RemotePair>) {
     let names = ["a", "b", "c", "d"];
     let pairs: Vec<RemotePair> = names
         .iter()
@@ -641,7 +642,7 @@ fn lanes_scenario(
         others.push((name.to_string(), sha));
     }
     assert_eq!(http(port, "POST", "/poll").0, 202);
-    (polld, daemon, others)
+    (polld, daemon, others, pairs)
 }
 
 /// Whether the receiver answered 200 to each of `changes` (poller, sha).
@@ -659,7 +660,7 @@ fn a_failing_poller_does_not_hold_up_the_others() {
         let status = if change["poller"] == "a" { 500 } else { 200 };
         (status, Duration::ZERO)
     });
-    let (_polld, mut daemon, others) = lanes_scenario(&receiver, "");
+    let (_polld, mut daemon, others, _remotes) = lanes_scenario(&receiver, "");
     wait_state(
         &mut daemon,
         Duration::from_secs(20),
@@ -695,7 +696,7 @@ fn a_slow_receiver_for_one_poller_does_not_hold_up_the_others() {
             (200, Duration::ZERO)
         }
     });
-    let (_polld, mut daemon, others) = lanes_scenario(&receiver, "timeout = \"2s\"\n");
+    let (_polld, mut daemon, others, _remotes) = lanes_scenario(&receiver, "timeout = \"2s\"\n");
     wait_state(
         &mut daemon,
         Duration::from_secs(20),

@@ -246,7 +246,7 @@ fn stop_group(child: &mut Child) {
 
 /// When running as root: the uid and gid Apache's workers switch to (it refuses to
 /// serve as root). `None` otherwise: Apache then runs as the current user.
-fn unprivileged_worker() -> Option<(u32, u32)> {
+pub(crate) fn unprivileged_worker() -> Option<(u32, u32)> {
     // SAFETY: geteuid(2) cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return None;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::apache::unprivileged_worker;
 use crate::group::{ProcessGroup, wait_listening};
 use crate::tls::TestCa;
 use crate::{free_port, run_checked};
@@ -304,28 +305,6 @@ fn chmod(args: &[&str], path: &Path) {
     let mut cmd = Command::new("chmod");
     cmd.args(args).arg(path);
     run_checked(cmd, None);
-}
-
-/// When running as root: the uid and gid Apache's workers switch to (it refuses to
-/// serve as root). `None` otherwise: Apache then runs as the current user.
-fn unprivileged_worker() -> Option<(u32, u32)> {
-    // SAFETY: geteuid(2) cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for name in ["www-data", "apache", "daemon", "nobody"] {
-        for line in passwd.lines() {
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() > 3
-                && fields[0] == name
-                && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
-            {
-                return Some((uid, gid));
-            }
-        }
-    }
-    panic!("running as root, but no unprivileged user for Apache's workers in /etc/passwd");
 }
 
 #[cfg(test)]
