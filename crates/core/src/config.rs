@@ -38,7 +38,61 @@ pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
     pub sink: SinkConfig,
+    /// `[hooks]`: the forges whose push webhooks `POST /hooks/{forge}` accepts.
+    pub hooks: HooksConfig,
     pub pollers: Vec<PollerConfig>,
+}
+
+/// `[hooks]`: each forge's secret, by where to read it. A forge without one has no
+/// endpoint. The secrets themselves are read when the daemon starts
+/// ([`SecretSource::read`]), as the control token is, so a config never holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HooksConfig {
+    /// `(forge, source)` in the order github, gitlab, gitea, bitbucket; forge names are
+    /// those of the `/hooks/{forge}` paths.
+    pub forges: Vec<(&'static str, SecretSource)>,
+}
+
+/// Where a webhook secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The environment variable of this name.
+    Env(String),
+    /// This file (resolved against the config's directory); trailing line breaks and
+    /// spaces are not part of the secret.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The secret's bytes; an error says what is missing. An empty secret is an error:
+    /// it would prove nothing.
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        let secret = match self {
+            SecretSource::Env(variable) => std::env::var_os(variable)
+                .map(|value| value.into_encoded_bytes())
+                .ok_or_else(|| format!("environment variable {variable} is not set"))?,
+            SecretSource::File(path) => {
+                let mut bytes = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let kept = bytes.trim_ascii_end().len();
+                bytes.truncate(kept);
+                bytes
+            }
+        };
+        if secret.is_empty() {
+            return Err(format!("{self} is empty"));
+        }
+        Ok(secret)
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(variable) => write!(f, "environment variable {variable}"),
+            SecretSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +206,7 @@ pub struct ConfigDiff<'a> {
     pub unchanged: Vec<&'a str>,
     pub daemon_changed: bool,
     pub sink_changed: bool,
+    pub hooks_changed: bool,
 }
 
 /// How `new` differs from `old`.
@@ -159,6 +214,7 @@ pub fn diff<'a>(old: &'a Config, new: &'a Config) -> ConfigDiff<'a> {
     let mut diff = ConfigDiff {
         daemon_changed: old.daemon != new.daemon,
         sink_changed: old.sink != new.sink,
+        hooks_changed: old.hooks != new.hooks,
         ..ConfigDiff::default()
     };
     for poller in &new.pollers {
@@ -247,6 +303,10 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
     let mut root = root.into_inner();
     let poller_tables = root.remove("poller");
     let sink_table = root.remove("sink");
+    let hooks_span = root
+        .iter()
+        .find(|(key, _)| key.get_ref() == "hooks")
+        .map(|(_, value)| value.span());
     let file = FileKeys::deserialize(ValueDeserializer::from(Spanned::new(
         root_span,
         DeValue::Table(root),
@@ -254,6 +314,16 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
     .map_err(toml_error)?;
 
     let daemon = file.daemon.unwrap_or_default().resolve(&config_dir, &at)?;
+    let hooks = match file.hooks {
+        Some(keys) => keys.resolve(&config_dir, hooks_span.clone(), &at)?,
+        None => HooksConfig::default(),
+    };
+    if !hooks.forges.is_empty() && daemon.listen.is_none() {
+        return Err(at(
+            hooks_span,
+            "[hooks] are served on the control endpoint: set [daemon] listen",
+        ));
+    }
     let defaults = file.defaults.unwrap_or_default();
     let sink_context = SinkContext {
         config_dir: config_dir.clone(),
@@ -310,6 +380,7 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
         path: path.to_path_buf(),
         daemon,
         sink,
+        hooks,
         pollers,
     })
 }
@@ -320,6 +391,92 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
 struct FileKeys {
     daemon: Option<DaemonKeys>,
     defaults: Option<DefaultKeys>,
+    hooks: Option<HooksKeys>,
+}
+
+/// The keys of `[hooks]`: per forge, the environment variable or the file holding its
+/// secret (GitLab calls its own a token).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HooksKeys {
+    github_secret_env: Option<Spanned<String>>,
+    github_secret_file: Option<Spanned<String>>,
+    gitlab_token_env: Option<Spanned<String>>,
+    gitlab_token_file: Option<Spanned<String>>,
+    gitea_secret_env: Option<Spanned<String>>,
+    gitea_secret_file: Option<Spanned<String>>,
+    bitbucket_secret_env: Option<Spanned<String>>,
+    bitbucket_secret_file: Option<Spanned<String>>,
+}
+
+impl HooksKeys {
+    fn resolve(
+        self,
+        config_dir: &Path,
+        table_span: Option<Range<usize>>,
+        at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+    ) -> Result<HooksConfig, ConfigError> {
+        let forges = [
+            (
+                "github",
+                "github_secret",
+                self.github_secret_env,
+                self.github_secret_file,
+            ),
+            (
+                "gitlab",
+                "gitlab_token",
+                self.gitlab_token_env,
+                self.gitlab_token_file,
+            ),
+            (
+                "gitea",
+                "gitea_secret",
+                self.gitea_secret_env,
+                self.gitea_secret_file,
+            ),
+            (
+                "bitbucket",
+                "bitbucket_secret",
+                self.bitbucket_secret_env,
+                self.bitbucket_secret_file,
+            ),
+        ];
+        let mut configured = Vec::new();
+        for (forge, key, env, file) in forges {
+            let source = match (env, file) {
+                (Some(_), Some(file)) => {
+                    return Err(at(
+                        Some(file.span()),
+                        &format!("set {key}_env or {key}_file, not both"),
+                    ));
+                }
+                (Some(env), None) if env.get_ref().is_empty() => {
+                    return Err(at(
+                        Some(env.span()),
+                        &format!("{key}_env must name a variable"),
+                    ));
+                }
+                (None, Some(file)) if file.get_ref().is_empty() => {
+                    return Err(at(
+                        Some(file.span()),
+                        &format!("{key}_file must name a file"),
+                    ));
+                }
+                (Some(env), None) => SecretSource::Env(env.into_inner()),
+                (None, Some(file)) => SecretSource::File(config_dir.join(file.get_ref())),
+                (None, None) => continue,
+            };
+            configured.push((forge, source));
+        }
+        if configured.is_empty() {
+            return Err(at(
+                table_span,
+                "[hooks] configures no forge: set github_secret_env, gitlab_token_env, gitea_secret_env or bitbucket_secret_env (or their _file variants)",
+            ));
+        }
+        Ok(HooksConfig { forges: configured })
+    }
 }
 
 /// `[sink]`: its `type` names the sink type, which then checks the other keys, read
@@ -962,6 +1119,65 @@ properties = { team = "core", n = 3 }
         let config = load_text("").unwrap();
         assert!(config.pollers.is_empty());
         assert_eq!(config.sink.type_name, "stdout");
+    }
+
+    #[test]
+    fn hooks_name_where_each_forges_secret_is() {
+        let config = load_text(
+            "[daemon]\nlisten = \"127.0.0.1:9150\"\n[hooks]\ngithub_secret_env = \"GH\"\nbitbucket_secret_file = \"bb.secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.hooks.forges,
+            [
+                ("github", SecretSource::Env("GH".into())),
+                (
+                    "bitbucket",
+                    SecretSource::File(PathBuf::from("/etc/polld/bb.secret"))
+                ),
+            ]
+        );
+        assert!(load_text("").unwrap().hooks.forges.is_empty());
+        let listen = "[daemon]\nlisten = \"127.0.0.1:9150\"\n";
+        for (text, expected) in [
+            (
+                format!("{listen}[hooks]\ngithub_secret = \"x\"\n"),
+                "4:1: unknown field `github_secret`",
+            ),
+            (
+                format!("{listen}[hooks]\ngitlab_token_env = \"A\"\ngitlab_token_file = \"b\"\n"),
+                "5:21: set gitlab_token_env or gitlab_token_file, not both",
+            ),
+            (
+                format!("{listen}[hooks]\ngitea_secret_env = \"\"\n"),
+                "4:20: gitea_secret_env must name a variable",
+            ),
+            (format!("{listen}[hooks]\n"), "[hooks] configures no forge"),
+            (
+                "[hooks]\ngithub_secret_env = \"GH\"\n".to_owned(),
+                "[hooks] are served on the control endpoint: set [daemon] listen",
+            ),
+        ] {
+            let error = error_at(&text);
+            assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn hook_secrets_are_read_trimmed_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(SecretSource::File(file.clone()).read().unwrap(), b"s3cret");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(
+            SecretSource::File(file)
+                .read()
+                .unwrap_err()
+                .contains("is empty")
+        );
+        let missing = SecretSource::Env("POLLD_TEST_NO_SUCH_VARIABLE".into());
+        assert!(missing.read().unwrap_err().contains("is not set"));
     }
 
     #[test]

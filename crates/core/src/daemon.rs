@@ -102,19 +102,30 @@ impl Control {
 
     /// Polls every poller watching `repo` (however spelled); returns their names.
     pub fn notify(&self, repo: &str) -> Vec<String> {
+        self.notify_any(&[repo])
+    }
+
+    /// Polls every poller watching any of `repos` (a forge's push names one repository
+    /// by several URLs), each once; returns their names in config order.
+    pub fn notify_any(&self, repos: &[impl AsRef<str>]) -> Vec<String> {
         let config = self.config();
         let dir = config.dir();
-        let wanted = repo_key(repo, &dir);
+        let wanted: HashSet<_> = repos.iter().map(|r| repo_key(r.as_ref(), &dir)).collect();
         let matching: Vec<String> = config
             .pollers
             .iter()
-            .filter(|p| repo_key(&p.repo, &dir) == wanted)
+            .filter(|p| wanted.contains(&repo_key(&p.repo, &dir)))
             .map(|p| p.name.clone())
             .collect();
         for name in &matching {
             self.scheduler.force(name);
         }
         matching
+    }
+
+    /// Counts one request to `/hooks/{forge}` by how it ended.
+    pub fn hook_request(&self, forge: &'static str, result: &'static str) {
+        self.metrics.hook_request(forge, result);
     }
 
     /// Switches to `new`: unchanged pollers keep their schedule, cursor and poller
@@ -139,6 +150,7 @@ impl Control {
             needs_restart: [
                 ("[daemon]", changes.daemon_changed),
                 ("[sink]", changes.sink_changed),
+                ("[hooks]", changes.hooks_changed),
             ]
             .into_iter()
             .filter_map(|(section, changed)| changed.then_some(section))
@@ -154,6 +166,7 @@ impl Control {
         let mut new = new;
         new.daemon = old.daemon.clone();
         new.sink = old.sink.clone();
+        new.hooks = old.hooks.clone();
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         Ok(summary)
     }

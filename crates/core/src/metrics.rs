@@ -31,6 +31,13 @@ struct TaskLabel {
     task: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    forge: &'static str,
+    /// `push`, `no_poller`, `ping`, `ignored`, or why it was refused.
+    result: &'static str,
+}
+
 type HistogramFamily = Family<PollerLabel, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -43,6 +50,7 @@ pub struct Metrics {
     pending: Family<PollerLabel, Gauge>,
     dead_letters: Family<PollerLabel, Gauge>,
     panics: Family<TaskLabel, Counter>,
+    hook_requests: Family<HookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,8 +109,15 @@ impl Metrics {
             "Tasks that panicked and were recovered or restarted, by task",
             panics.clone(),
         );
+        let hook_requests = Family::<HookLabels, Counter>::default();
+        registry.register(
+            "hook_requests",
+            "Requests to /hooks/{forge}, by forge and result",
+            hook_requests.clone(),
+        );
         Metrics {
             registry,
+            hook_requests,
             polls,
             poll_duration,
             changes,
@@ -147,6 +162,13 @@ impl Metrics {
     /// Counts a panic caught in `task` (a poll, a delivery, a daemon task).
     pub fn panicked(&self, task: &'static str) {
         self.panics.get_or_create(&TaskLabel { task }).inc();
+    }
+
+    /// Counts one forge webhook request.
+    pub fn hook_request(&self, forge: &'static str, result: &'static str) {
+        self.hook_requests
+            .get_or_create(&HookLabels { forge, result })
+            .inc();
     }
 
     /// Sets the queue gauges: (pending, dead letters) per poller. Pollers absent from
