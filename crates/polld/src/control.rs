@@ -2,9 +2,12 @@
 //! that poke pollers or reload the config.
 //!
 //! POSTs need `Authorization: Bearer <token>` when `token_env` is set; the token is
-//! compared in constant time. Nothing here reads a request body, and query strings are
-//! bounded, so a client cannot make the daemon buffer much; connections are bounded in
-//! time and number by `http_server`.
+//! compared in constant time. `POST /hooks/{forge}` is the exception: a forge signs its
+//! deliveries instead (`polld_hooks::verify`), and only forges `[hooks]` configures have
+//! an endpoint. Hook bodies are the only bodies read: at most [`MAX_BODY`] each, within
+//! [`HOOK_BODY_TIMEOUT`], and at most [`HOOK_BODIES`] at once, so unauthenticated
+//! senders can hold neither much memory nor every connection. Query strings are
+//! bounded; connections are bounded in time and number by `http_server`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,16 +19,29 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use polld_core::config::{Config, ConfigError};
 use polld_core::daemon::Control;
+use polld_hooks::{Delivery, Forge, MAX_BODY, Secret};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{http_server, status};
 
 /// Longest request URI accepted (a `/notify?repo=` URL fits easily).
 const MAX_URI: usize = 4096;
+
+/// How long a hook's sender has to send its whole body (25 MiB at 1 MB/s fits).
+pub const HOOK_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Hook bodies read at once; more wait up to [`HOOK_QUEUE_WAIT`] for their turn, then
+/// get `503`. Bounds what unverified bodies can take: `HOOK_BODIES` × [`MAX_BODY`].
+pub const HOOK_BODIES: usize = 16;
+pub const HOOK_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Each configured forge's webhook secret, read when the daemon starts.
+pub type HookSecrets = HashMap<Forge, Secret>;
 
 /// Loads the config again, for `POST /reload` (the same loader SIGHUP uses).
 pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
@@ -35,6 +51,8 @@ struct Shared {
     control: Arc<Control>,
     token: Option<Arc<str>>,
     load: Loader,
+    hooks: Arc<HookSecrets>,
+    hook_bodies: Arc<Semaphore>,
 }
 
 /// Binds `address` now (so a bad address fails at start) and serves until `shutdown`.
@@ -42,6 +60,7 @@ pub async fn serve(
     address: SocketAddr,
     control: Arc<Control>,
     token: Option<String>,
+    hooks: HookSecrets,
     load: Loader,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -50,6 +69,8 @@ pub async fn serve(
         control,
         token: token.map(Arc::from),
         load,
+        hooks: Arc::new(hooks),
+        hook_bodies: Arc::new(Semaphore::new(HOOK_BODIES)),
     };
     let posts = Router::new()
         .route("/poll", post(poll_all))
@@ -64,6 +85,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/status", get(status_json))
+        // Outside the bearer token's layer: forges sign instead.
+        .route("/hooks/{forge}", post(hook))
         .merge(posts)
         .layer(middleware::from_fn(limit_uri))
         .with_state(shared);
@@ -173,4 +196,139 @@ async fn reload(State(shared): State<Shared>) -> Response {
         Ok(summary) => axum::Json(summary).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
     }
+}
+
+/// `POST /hooks/{forge}`: verify the delivery as its forge signs it, then poll every
+/// poller of every repository URL a push names, as `/notify` does. The payload's commit
+/// ids are never used: the poll finds the commits.
+async fn hook(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let Some((forge, secret)) = name
+        .parse::<Forge>()
+        .ok()
+        .and_then(|forge| Some((forge, shared.hooks.get(&forge)?)))
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no hook endpoint for {name:?}: [hooks] configures no such forge\n"),
+        )
+            .into_response();
+    };
+    let label = forge.as_str();
+    let refuse = |result: &'static str, status: StatusCode, message: String| {
+        shared.control.hook_request(label, result);
+        tracing::info!(forge = label, result, "hook refused: {message}");
+        (status, format!("{message}\n")).into_response()
+    };
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|size| *size > MAX_BODY as u64) {
+        return refuse(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body of {size} bytes is over the limit of {MAX_BODY} bytes"),
+        );
+    }
+    let Ok(Ok(_permit)) = tokio::time::timeout(
+        HOOK_QUEUE_WAIT,
+        Arc::clone(&shared.hook_bodies).acquire_owned(),
+    )
+    .await
+    else {
+        return refuse(
+            "busy",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{HOOK_BODIES} hook deliveries are being read; try again"),
+        );
+    };
+    let body = match tokio::time::timeout(HOOK_BODY_TIMEOUT, read_body(body)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyError::TooLarge)) => {
+            return refuse(
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over the limit of {MAX_BODY} bytes"),
+            );
+        }
+        Ok(Err(BodyError::Unreadable(error))) => {
+            return refuse(
+                "malformed",
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {error}"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                "timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {HOOK_BODY_TIMEOUT:?}"),
+            );
+        }
+    };
+    let lookup = |name: &str| parts.headers.get(name).map(|value| value.as_bytes());
+    let delivery =
+        polld_hooks::verify(forge, secret, lookup, &body).and_then(|verified| verified.delivery());
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(error) => {
+            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return refuse(error.result(), status, error.to_string());
+        }
+    };
+    match delivery {
+        Delivery::Push { urls } => {
+            let polled = shared.control.notify_any(&urls);
+            if polled.is_empty() {
+                let shown: Vec<String> = urls
+                    .iter()
+                    .map(|url| polld_backend::redact::strip_userinfo(url))
+                    .collect();
+                shared.control.hook_request(label, "no_poller");
+                tracing::info!(forge = label, repository = ?shown, "hook: no poller watches the pushed repository");
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!("no poller watches {}\n", shown.join(" nor ")),
+                )
+                    .into_response();
+            }
+            shared.control.hook_request(label, "push");
+            tracing::debug!(forge = label, pollers = ?polled, "hook: polling");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "polled": polled })),
+            )
+                .into_response()
+        }
+        other @ (Delivery::Ping | Delivery::Ignored { .. }) => {
+            shared.control.hook_request(label, other.result());
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable(axum::Error),
+}
+
+/// The whole body, or `TooLarge` as soon as it passes [`MAX_BODY`] (a sender may not
+/// say its length, or lie about it).
+async fn read_body(body: axum::body::Body) -> Result<Vec<u8>, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Unreadable)?;
+        if bytes.len() + chunk.len() > MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }

@@ -183,6 +183,32 @@ async fn run(config: Config, plugins: Plugins, load: control::Loader) -> anyhow:
         },
         None => None,
     };
+    let mut hooks = control::HookSecrets::new();
+    for (forge, source) in &config.hooks.forges {
+        let secret = source
+            .read()
+            .map_err(|why| format!("[hooks] {forge}: {why}"))
+            .and_then(|bytes| {
+                polld_hooks::Secret::new(bytes).map_err(|e| format!("[hooks] {forge}: {e}"))
+            })
+            .and_then(|secret| {
+                let forge = forge
+                    .parse::<polld_hooks::Forge>()
+                    .map_err(|e| e.to_string())?;
+                Ok((forge, secret))
+            });
+        match secret {
+            Ok((forge, secret)) => {
+                hooks.insert(forge, secret);
+            }
+            Err(why) => {
+                eprintln!(
+                    "polld: {why}; refusing to serve the forge's endpoint without its secret"
+                );
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        }
+    }
     // Listen for signals before anything starts, so one sent while polld is still
     // starting is handled (a SIGTERM stops it cleanly, a SIGHUP reloads once running)
     // instead of killing it.
@@ -213,6 +239,7 @@ async fn run(config: Config, plugins: Plugins, load: control::Loader) -> anyhow:
                 address,
                 Arc::clone(&control),
                 token,
+                hooks,
                 Arc::clone(&load),
                 shutdown.clone(),
             )
