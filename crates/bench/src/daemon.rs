@@ -122,6 +122,25 @@ pub(crate) fn seed_state(
 /// polld's process, killed on drop.
 pub(crate) struct Polld(pub(crate) Child);
 
+impl Polld {
+    /// `polld --config <config> run` in the config's directory, warnings and errors
+    /// logged to `log`.
+    pub(crate) fn run(polld: &Path, config: &Path, log: &Path) -> Result<Polld> {
+        let child = Command::new(polld)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .current_dir(config.parent().unwrap_or(Path::new(".")))
+            .env("POLLD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log)?)
+            .spawn()
+            .with_context(|| format!("spawning {}", polld.display()))?;
+        Ok(Polld(child))
+    }
+}
+
 impl Drop for Polld {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -317,19 +336,7 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
         plan.seconds
     );
     let started = Instant::now();
-    let mut polld = Polld(
-        Command::new(plan.polld)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("run")
-            .current_dir(&dir)
-            .env("POLLD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log_path)?)
-            .spawn()
-            .with_context(|| format!("spawning {}", plan.polld.display()))?,
-    );
+    let mut polld = Polld::run(plan.polld, &config_path, &log_path)?;
     let pid = polld.0.id();
 
     let mut result = DaemonResult {

@@ -2,7 +2,6 @@
 //! commit), optionally a repository with very many refs, all served by `git daemon`.
 
 use std::fs::File;
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{copy_tree_many, free_port, git, run_ok, stdout_of};
+use crate::util::{copy_tree_many, fast_import, free_port, git, run_ok, stdout_of};
 
 /// The repositories, all identical copies of one template.
 pub struct Repos {
@@ -51,22 +50,7 @@ pub fn create_repos(root: &Path, count: usize) -> Result<Repos> {
                   author Bench <bench@example.org> 1764000000 +0000\n\
                   committer Bench <bench@example.org> 1764000000 +0000\n\
                   data 8\ninitial\nM 100644 :1 README\n\n";
-    let mut child = git()
-        .arg("-C")
-        .arg(&template)
-        .args(["fast-import", "--quiet"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawning git fast-import")?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(import.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("git fast-import failed");
-    }
+    fast_import(&template, import)?;
     let commit = stdout_of(
         git()
             .arg("-C")

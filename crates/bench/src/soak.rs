@@ -7,10 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::daemon::{Polld, SinkReader, http_get, poll_totals, proc_cpu, proc_rss};
 use crate::fixture::{self, GitDaemon};
-use crate::util::{Rng, free_port, git, stdout_of};
+use crate::util::{Rng, fast_import, free_port, git, stdout_of};
 use crate::{Options, progress};
 
 /// One look at the daemon and its state.
@@ -182,23 +179,7 @@ fn push_commit(repo: &Path, number: usize) -> Result<()> {
         number % 20,
         content.len()
     );
-    let mut child = git()
-        .arg("-C")
-        .arg(repo)
-        .args(["fast-import", "--quiet"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawning git fast-import")?;
-    child
-        .stdin
-        .take()
-        .context("fast-import's stdin")?
-        .write_all(stream.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("git fast-import failed in {}", repo.display());
-    }
-    Ok(())
+    fast_import(repo, &stream)
 }
 
 pub fn run(options: &Options, polld: &Path, root: &Path) -> Result<SoakReport> {
@@ -232,19 +213,7 @@ pub fn run(options: &Options, polld: &Path, root: &Path) -> Result<SoakReport> {
     std::fs::write(&config_path, config)?;
     let log_path = dir.join("polld.log");
     let state = dir.join("state");
-    let mut polld_process = Polld(
-        Command::new(polld)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("run")
-            .current_dir(&dir)
-            .env("POLLD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log_path)?)
-            .spawn()
-            .with_context(|| format!("spawning {}", polld.display()))?,
-    );
+    let mut polld_process = Polld::run(polld, &config_path, &log_path)?;
     let pid = polld_process.0.id();
     let metrics = || -> Result<(u64, u64)> {
         let (status, body) = http_get(port, "/metrics")?;

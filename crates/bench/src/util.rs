@@ -155,3 +155,25 @@ pub fn sample_indices(n: usize, count: usize) -> Vec<usize> {
     let count = count.min(n);
     (0..count).map(|k| k * n / count.max(1)).collect()
 }
+
+/// Feeds `stream` to `git fast-import` in the repository `repo`, as a push would.
+pub fn fast_import(repo: &Path, stream: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = git()
+        .arg("-C")
+        .arg(repo)
+        .args(["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawning git fast-import")?;
+    child
+        .stdin
+        .take()
+        .context("fast-import's stdin")?
+        .write_all(stream.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("git fast-import failed in {}", repo.display());
+    }
+    Ok(())
+}

@@ -149,15 +149,15 @@ async fn dispatch(
     plugins: Plugins,
     load: control::Loader,
 ) -> anyhow::Result<ExitCode> {
-    let config = &config;
     match command {
-        Command::Run => run(config.clone(), plugins, load).await,
+        // `run` keeps the config itself: with 10,000 pollers a copy is megabytes.
+        Command::Run => run(config, plugins, load).await,
         Command::Check => {
-            status::print_check(config, &plugins);
+            status::print_check(&config, &plugins);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Once { names } => once(config, &plugins, &names).await,
-        Command::Status { json } => status::print_status(config, &plugins, json).await,
+        Command::Once { names } => once(&config, &plugins, &names).await,
+        Command::Status { json } => status::print_status(&config, &plugins, json).await,
         Command::Redeliver { poller } => {
             let state_dir = &config.daemon.state_dir;
             let store = plugins.stores.open(state_dir, Access::Shared).await?;

@@ -1518,6 +1518,33 @@ pub fn git_poller(name: &str, repo: &str, extra: &str) -> String {
     )
 }
 
+/// Writes an executable script (a stand-in for a tool, put first on `$PATH`).
+pub fn write_exe(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `$PATH` with `dir` first.
+pub fn path_with(dir: &Path) -> String {
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The first `name` on `$PATH`.
+pub fn which(name: &str) -> PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH"))
+}
+
 #[cfg(test)]
 mod self_tests {
     //! The harness checked against git alone (no polld needed).
