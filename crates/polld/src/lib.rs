@@ -7,6 +7,7 @@ mod control;
 mod http_server;
 mod logging;
 mod memory;
+mod notify;
 mod plugins;
 mod status;
 
@@ -69,6 +70,13 @@ enum Command {
         /// Only this poller's dead letters
         #[arg(long)]
         poller: Option<String>,
+    },
+    /// Ask the running daemon to poll every poller of these repositories now (for svn,
+    /// hg and git servers' hooks)
+    Notify {
+        /// Repository URLs or paths, matched as `POST /notify?repo=` matches them
+        #[arg(required = true)]
+        urls: Vec<String>,
     },
 }
 
@@ -158,6 +166,7 @@ async fn dispatch(
         }
         Command::Once { names } => once(&config, &plugins, &names).await,
         Command::Status { json } => status::print_status(&config, &plugins, json).await,
+        Command::Notify { urls } => Ok(notify::notify(&config, &urls).await),
         Command::Redeliver { poller } => {
             let state_dir = &config.daemon.state_dir;
             let store = plugins.stores.open(state_dir, Access::Shared).await?;
