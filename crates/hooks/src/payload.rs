@@ -98,7 +98,7 @@ fn gitea_kind(event: &str) -> Kind {
 fn bitbucket_kind(event: &str) -> Kind {
     match event {
         "repo:push" | "repo:refs_changed" => Kind::Push,
-        "diagnostics:ping" => Kind::Ping,
+        crate::verify::BITBUCKET_PING => Kind::Ping,
         _ => Kind::Other,
     }
 }

@@ -19,6 +19,8 @@ use crate::{Forge, HookError, MAX_BODY, Secret, Verified};
 const GITHUB_SIGNATURE: &str = "X-Hub-Signature-256";
 const HUB_SIGNATURE: &str = "X-Hub-Signature";
 const GITLAB_TOKEN: &str = "X-Gitlab-Token";
+/// Bitbucket Data Center's "Test connection" event.
+pub(crate) const BITBUCKET_PING: &str = "diagnostics:ping";
 /// Gitea sends `X-Gitea-Signature` and `X-Gogs-Signature`, Forgejo also
 /// `X-Forgejo-Signature`, Gogs only `X-Gogs-Signature`: all the same hex HMAC.
 const GITEA_SIGNATURES: [&str; 3] = [
@@ -117,13 +119,23 @@ pub fn verify<'b, 'h>(
             (json, &GITEA_EVENTS)
         }
         Forge::Bitbucket => {
-            // Bitbucket signs only when the hook has a secret; Data Center's "Test
-            // connection" ping is never signed, so it is refused here too (`401`): with
-            // a secret configured, an unsigned request cannot be told from a forged one.
-            let signature = present(HUB_SIGNATURE).ok_or(HookError::MissingSignature {
-                header: HUB_SIGNATURE,
-                hint: "",
-            })?;
+            // Data Center's "Test connection" ping is never signed, even with a secret
+            // set. An unsigned ping is let through as a ping (`204`, nothing polled, its
+            // body never read): it can make polld do nothing, and refusing it would make
+            // a correct setup look broken. Any other unsigned event is refused.
+            let Some(signature) = present(HUB_SIGNATURE) else {
+                if present("X-Event-Key") == Some(BITBUCKET_PING.as_bytes()) {
+                    return Ok(Verified {
+                        forge,
+                        event: BITBUCKET_PING.to_owned(),
+                        json: Cow::Borrowed(b"{}"),
+                    });
+                }
+                return Err(HookError::MissingSignature {
+                    header: HUB_SIGNATURE,
+                    hint: "",
+                });
+            };
             let tag = prefixed_sha256(HUB_SIGNATURE, signature)?;
             check_hmac(HUB_SIGNATURE, secret, body, &tag)?;
             (Cow::Borrowed(body), &["X-Event-Key"])

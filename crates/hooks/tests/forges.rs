@@ -471,10 +471,24 @@ fn bitbucket_pings() {
         signed.send(Forge::Bitbucket, SECRET).ok(),
         Some(Delivery::Ping)
     );
+    // Data Center's "Test connection" sends its ping unsigned: a ping all the same,
+    // since a ping polls nothing. A wrongly signed ping is still a forgery.
     let unsigned =
         Signed::new(payload("bitbucket-dc-ping.json")).header("X-Event-Key", "diagnostics:ping");
+    assert_eq!(
+        unsigned.send(Forge::Bitbucket, SECRET).ok(),
+        Some(Delivery::Ping)
+    );
+    let forged = bitbucket(
+        "diagnostics:ping",
+        payload("bitbucket-dc-ping.json"),
+        "not the secret",
+    );
+    assert_refused(forged.send(Forge::Bitbucket, SECRET), 401, "bad_signature");
+    let unsigned_push = Signed::new(payload("bitbucket-dc-refs-changed.json"))
+        .header("X-Event-Key", "repo:refs_changed");
     assert_refused(
-        unsigned.send(Forge::Bitbucket, SECRET),
+        unsigned_push.send(Forge::Bitbucket, SECRET),
         401,
         "missing_signature",
     );
