@@ -29,12 +29,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use polld_test_support::buildbot::WebhookReceiver;
 use polld_test_support::hg::{HgRepo, build_dag, hg_poller};
 use polld_test_support::svn::{SvnRepo, svn_poller};
+use polld_test_support::tcp::Tcp;
 use polld_test_support::*;
 use serde_json::Value;
 
@@ -324,105 +325,6 @@ impl Drop for Receiver {
             let _ = thread.join();
         }
     }
-}
-
-/// A TCP server on 127.0.0.1 that accepts connections and counts them. It holds each
-/// one: until [`Tcp::release`], it reads nothing and answers nothing (a git remote that
-/// hangs); after it, connections (held ones included) are piped to `upstream`, when
-/// there is one. Stopped on drop.
-struct Tcp {
-    port: u16,
-    connections: Arc<AtomicUsize>,
-    release: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Tcp {
-    /// A remote that never answers.
-    fn silent() -> Tcp {
-        Tcp::start(None)
-    }
-
-    /// A proxy to `127.0.0.1:upstream` that holds every connection until released.
-    fn holding_proxy(upstream: u16) -> Tcp {
-        Tcp::start(Some(upstream))
-    }
-
-    fn start(upstream: Option<u16>) -> Tcp {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (connections, release, stop) = (connections.clone(), release.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((client, _)) => {
-                            connections.fetch_add(1, Ordering::SeqCst);
-                            let (release, stop) = (release.clone(), stop.clone());
-                            std::thread::spawn(move || hold(client, upstream, &release, &stop));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
-        };
-        Tcp {
-            port,
-            connections,
-            release,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    fn release(&self) {
-        self.release.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Tcp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Holds `client` until released (or stopped, or two minutes), then pipes it to
-/// `upstream` both ways; without an upstream, just keeps it open until stopped.
-fn hold(client: TcpStream, upstream: Option<u16>, release: &AtomicBool, stop: &AtomicBool) {
-    let _ = client.set_nonblocking(false);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while upstream.is_none() || !release.load(Ordering::SeqCst) {
-        if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Some(Ok(server)) = upstream.map(|port| TcpStream::connect(("127.0.0.1", port))) else {
-        return;
-    };
-    let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
-        return;
-    };
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_in, &mut server_out);
-        let _ = server_out.shutdown(Shutdown::Write);
-    });
-    let (mut server_in, mut client_out) = (server, client);
-    let _ = std::io::copy(&mut server_in, &mut client_out);
-    let _ = client_out.shutdown(Shutdown::Write);
-    let _ = up.join();
 }
 
 /// `chattr +i` on files for as long as it lives; `chattr -i` on drop, so the temp dirs

@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod scratch;
 pub mod ssh;
 pub mod svn;
+pub mod tcp;
 pub mod tls;
 pub mod transport;
 
