@@ -11,6 +11,8 @@
 //!   one rerun.
 //! - `polld notify` run by a real git `post-receive`, svn `post-commit` and hg
 //!   `changegroup` hook, and its exit codes.
+//! - Behind Apache as a reverse proxy, under a path prefix; forwarding headers trusted
+//!   for nothing.
 
 // Tests may unwrap: a panic is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -21,6 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use polld_test_support::apache::{Apache, ApacheConfig};
 use polld_test_support::buildbot::BuildbotMaster;
 use polld_test_support::forge::{self, Signed, payload, payload_for};
 use polld_test_support::hg::{HgRepo, hg_command, hg_poller};
@@ -615,4 +618,64 @@ fn server_hooks_run_polld_notify_and_the_change_arrives_at_once() {
     // A config without `listen` names no daemon: 2.
     let no_listen = Polld::new(&git_poller("git-app", &git.repo(), ""));
     no_listen.run(&["notify", &git.repo()]).expect_code(2);
+}
+
+#[test]
+fn hooks_work_behind_a_reverse_proxy_under_a_path_prefix() {
+    let pair = RemotePair::with_initial_commit();
+    let port = free_port();
+    let polld = Polld::with_config(&hourly_config(
+        port,
+        "[hooks]\ngithub_secret_env = \"GITHUB_HOOK_SECRET\"\n",
+        "[sink]\ntype = \"jsonl\"\npath = \"changes.jsonl\"\n",
+        &git_poller("app", &pair.repo(), ""),
+    ));
+    let secret = "github secret";
+    let mut daemon = polld.spawn_run(&[("POLLD_TOKEN", TOKEN), ("GITHUB_HOOK_SECRET", secret)]);
+    daemon.wait_for(WAIT, "the first poll", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok() && polls(port, "app") >= 1.0
+    });
+    // Apache publishes only the hooks, under a prefix, as the README's example does.
+    let apache = Apache::start(ApacheConfig {
+        modules: &["proxy", "proxy_http"],
+        body: format!(
+            "ProxyPass \"/ci/polld/hooks/\" \"http://127.0.0.1:{port}/hooks/\"\n\
+             LimitRequestBody 26214400\n"
+        ),
+        tls: None,
+        h2: false,
+        readable: &[],
+        htpasswd: None,
+    });
+
+    let sha = pair.work.commit("a.txt", "a\n", "pushed behind a proxy");
+    pair.work.push(&["main"]);
+    let delivery = forge::github(
+        "push",
+        payload_for(
+            "github-push.json",
+            &[(
+                "https://github.com/Codertocat/Hello-World.git",
+                &pair.repo(),
+            )],
+        ),
+        secret,
+    );
+    // Forwarding headers claiming a local, https client buy a forgery nothing.
+    let forged = forge::github("push", delivery.body.clone(), "not the secret")
+        .header("X-Forwarded-For", "127.0.0.1")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Real-IP", "127.0.0.1");
+    let answer = forged.post(apache.port, "/ci/polld/hooks/github");
+    assert_eq!(answer.status, 401, "{answer:?}");
+    let answer = delivery.post(apache.port, "/ci/polld/hooks/github");
+    assert_eq!(answer.status, 202, "{answer:?}");
+    wait_until(WAIT, "the change pushed behind the proxy", || {
+        read_jsonl(&polld.path("changes.jsonl")).0.len() == 1
+    });
+    let (records, _) = read_jsonl(&polld.path("changes.jsonl"));
+    assert_eq!(records[0]["revision"], sha.as_str());
+    // The control endpoints are not published.
+    let poll = http::request(apache.port, "POST", "/ci/polld/poll", &[], b"").unwrap();
+    assert_eq!(poll.status, 404, "{poll:?}");
 }
