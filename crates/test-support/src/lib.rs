@@ -28,6 +28,7 @@ pub mod hg;
 pub mod http;
 pub mod httpd;
 pub mod poll;
+pub mod postgres;
 pub mod proxy;
 pub mod scratch;
 pub mod ssh;

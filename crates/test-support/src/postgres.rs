@@ -1,0 +1,323 @@
+//! A throwaway PostgreSQL cluster for the tests: `initdb` into a temp dir, `postgres`
+//! on 127.0.0.1 on a free port, its own process group, killed and removed on drop.
+//!
+//! PostgreSQL refuses to run as root, and the tests run as root in CI: the cluster's
+//! directory then belongs to the `postgres` OS user and `initdb` and `postgres` run as
+//! that user (set on the spawned process, so the child we hold is the postmaster itself,
+//! not a `runuser` in front of it that signals would have to go through).
+//!
+//! The server is the real one, tuned for speed where durability does not matter (see
+//! [`SETTINGS`]): a test that kills it with `kill9` still finds every committed row on
+//! [`PgServer::start_again`], because the rows are in the OS page cache; only a crash
+//! of the machine itself would lose them.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::free_port;
+
+/// The database [`PgServer::url`] names, created at start.
+pub const DATABASE: &str = "polld";
+
+/// Server settings, each `-c name=value`, and why:
+const SETTINGS: &[(&str, &str)] = &[
+    // TCP on loopback only: nothing outside this machine can reach a trust-auth server.
+    ("listen_addresses", "127.0.0.1"),
+    // Durability is for machine crashes, which a throwaway cluster does not survive
+    // anyway; without these every commit waits for the disk (10x slower on CI disks).
+    // A `kill -9` of the server loses nothing with them off: the OS still has the pages.
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    // Several clusters may run at once (one per test binary, tests in parallel): keep
+    // each one's shared memory small. 16 MB holds every test's tables.
+    ("shared_buffers", "16MB"),
+    // Three replicas' pools (16 connections each) plus the fixture's psql.
+    ("max_connections", "100"),
+    // Compiling queries with LLVM costs more than it saves on test-sized tables, and
+    // makes the first slow query's timing erratic.
+    ("jit", "off"),
+    // One time zone whatever the machine's, so timestamps in failure messages compare.
+    ("timezone", "UTC"),
+    // Everything to stderr, which goes to `server.log` in the cluster's directory.
+    ("logging_collector", "off"),
+    ("log_min_messages", "warning"),
+];
+
+/// A running (or stopped, between [`PgServer::stop`] and [`PgServer::start_again`])
+/// PostgreSQL cluster.
+pub struct PgServer {
+    dir: TempDir,
+    port: u16,
+    /// The uid and gid the server runs as when the tests run as root.
+    user: Option<(u32, u32)>,
+    postmaster: Option<Child>,
+}
+
+impl PgServer {
+    /// Creates a cluster (trust auth, locale C, UTF8), starts it and creates
+    /// [`DATABASE`]. About a second, most of it `initdb`.
+    pub fn start() -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("polld-pg")
+            .tempdir()
+            .unwrap();
+        let user = postgres_user();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let mut initdb = Command::new("initdb");
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            // Trust: the server listens on loopback only and lives for one test.
+            .args(["-U", "postgres", "--auth=trust"])
+            .args(["--locale=C", "--encoding=UTF8"])
+            // initdb's own fsyncs are a good part of its time.
+            .arg("--no-sync");
+        let out = as_server_user(initdb, user).output().unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut server = PgServer {
+            dir,
+            port: 0,
+            user,
+            postmaster: None,
+        };
+        server.spawn_on_a_free_port();
+        server.psql("postgres", &format!("CREATE DATABASE {DATABASE}"));
+        server
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/polld`.
+    pub fn url(&self) -> String {
+        self.url_of(DATABASE)
+    }
+
+    /// The URL of another database of this cluster.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a fresh, empty database and returns its URL: one cluster serves many
+    /// checks that each need an empty store (a database is a copy of `template1`, a
+    /// few tens of milliseconds).
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url_of(name)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs `sql` in `database` with `psql` and returns its unaligned, tuples-only
+    /// output (`a|b` per row): for tests that check the rows themselves.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = self.psql_command(database, sql).output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed ({}):\n{}\nserver log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
+    /// What the server logged (warnings and errors), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A fast shutdown (SIGINT: clients disconnected, a clean checkpoint), waited for.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.postmaster.take() {
+            signal_group(&child, libc::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            signal_group(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// `kill -9` of the server and every backend (its whole process group), as a
+    /// crashed or OOM-killed database host would look to polld.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.postmaster.take() {
+            signal_group(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped or killed server again on the same port (clients reconnect to
+    /// the same URL), after crash recovery if it was killed.
+    pub fn start_again(&mut self) {
+        assert!(self.postmaster.is_none(), "the server is still running");
+        // A killed server's backends may hold the port for a moment after the group
+        // is gone: retry the bind for a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn(self.port) {
+                Ok(()) => return,
+                Err(log) if Instant::now() < deadline && log.contains("could not bind") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(log) => panic!("postgres did not start again on {}:\n{log}", self.port),
+            }
+        }
+    }
+
+    fn spawn_on_a_free_port(&mut self) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.spawn(free_port()) {
+                Ok(()) => return,
+                // The port was taken between free_port() and the bind: try another.
+                Err(log) if log.contains("could not bind") => last = log,
+                Err(log) => panic!("postgres did not start:\n{log}"),
+            }
+        }
+        panic!("postgres found no free port:\n{last}");
+    }
+
+    /// Starts the postmaster on `port` and waits until it accepts connections; on
+    /// failure, the server log.
+    fn spawn(&mut self, port: u16) -> Result<(), String> {
+        self.port = port;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let start_of_this_run = log.metadata().map_or(0, |m| m.len());
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(self.log_path(), Some(uid), Some(gid)).unwrap();
+        }
+        let mut cmd = Command::new("postgres");
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-p")
+            .arg(port.to_string())
+            // The socket in the cluster's own directory: the default, /var/run/postgresql,
+            // may not exist, and is shared with any other cluster on the machine.
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ));
+        for (name, value) in SETTINGS {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        // Its own group, so stop and drop reach every backend with one signal.
+        cmd.process_group(0);
+        let mut child = as_server_user(cmd, self.user).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = self.log();
+                let this_run = log.get(start_of_this_run as usize..).unwrap_or(&log);
+                return Err(format!("postgres exited ({status}):\n{this_run}"));
+            }
+            // "Accepts connections" is what a client needs: a listening socket alone may
+            // still answer "the database system is starting up" (crash recovery).
+            if let Ok(out) = self.psql_command("postgres", "SELECT 1").output()
+                && out.status.success()
+            {
+                self.postmaster = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                signal_group(&child, libc::SIGKILL);
+                let _ = child.wait();
+                return Err(format!("no connection within 30 s:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn psql_command(&self, database: &str, sql: &str) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-A", "-t", "-q"])
+            .args(["-v", "ON_ERROR_STOP=1"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(database)
+            .arg("-c")
+            .arg(sql)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The cluster's directory (data in `data/`, the log in `server.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // Nothing to keep: no clean shutdown needed before the directory goes.
+        self.kill9();
+    }
+}
+
+/// `cmd` to run as the server's user (`None`: as ourselves), with a C locale so that
+/// the server's messages and initdb's checks do not depend on the machine's.
+fn as_server_user(mut cmd: Command, user: Option<(u32, u32)>) -> Command {
+    cmd.env("LC_ALL", "C").env_remove("PGDATA");
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// When running as root: the `postgres` OS user's uid and gid (the server refuses to
+/// run as root). `None` otherwise: it runs as the current user.
+fn postgres_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() > 3
+            && fields[0] == "postgres"
+            && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
+        {
+            return Some((uid, gid));
+        }
+    }
+    panic!("running as root, but there is no `postgres` user in /etc/passwd to run PostgreSQL as");
+}
+
+/// Sends `signal` to the process group `child` leads.
+fn signal_group(child: &Child, signal: libc::c_int) {
+    // SAFETY: killpg(2) on the group our own child leads (not reaped yet, so its id
+    // cannot have been reused).
+    unsafe {
+        libc::killpg(child.id() as libc::pid_t, signal);
+    }
+}
