@@ -27,11 +27,13 @@ pub const DATABASE: &str = "polld";
 const SETTINGS: &[(&str, &str)] = &[
     // TCP on loopback only: nothing outside this machine can reach a trust-auth server.
     ("listen_addresses", "127.0.0.1"),
-    // Durability is for machine crashes, which a throwaway cluster does not survive
-    // anyway; without these every commit waits for the disk (10x slower on CI disks).
-    // A `kill -9` of the server loses nothing with them off: the OS still has the pages.
+    // Durability against machine crashes, which a throwaway cluster does not survive
+    // anyway: without these every commit waits for the disk (many times slower on CI
+    // disks). A `kill -9` of the server loses nothing with them off: a commit still
+    // writes its WAL to the OS before it returns, only the flush to disk is skipped.
+    // (`synchronous_commit = off` would lose the last commits on `kill -9`: they wait
+    // in the server's memory for the WAL writer. It stays on.)
     ("fsync", "off"),
-    ("synchronous_commit", "off"),
     ("full_page_writes", "off"),
     // Several clusters may run at once (one per test binary, tests in parallel): keep
     // each one's shared memory small. 16 MB holds every test's tables.
