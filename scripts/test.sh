@@ -10,8 +10,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 # System packages the tests drive for real: git (with git daemon and git http-backend),
 # Subversion (svn, svnadmin, svnserve; Apache with mod_dav_svn for http://), Mercurial,
 # Apache (mod_ssl, mod_http2 and mod_cgid serve git over http and https; htpasswd),
-# openssl (the tests' certificate authority), and sshd plus ssh-keygen for ssh
-# transports.
+# openssl (the tests' certificate authority), sshd plus ssh-keygen for ssh
+# transports, and PostgreSQL.
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v svnserve >/dev/null || missing+=(subversion)
@@ -22,6 +22,10 @@ command -v htpasswd >/dev/null || missing+=(apache2-utils)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v openssl >/dev/null || missing+=(openssl)
+# PostgreSQL for the shared store's tests (initdb and postgres; Debian keeps them in
+# /usr/lib/postgresql/VERSION/bin, where the fixture also looks), and psql.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
+command -v psql >/dev/null || missing+=(postgresql-client)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -72,7 +72,7 @@ impl PgServer {
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
         }
-        let mut initdb = Command::new("initdb");
+        let mut initdb = Command::new(pg_bin("initdb"));
         initdb
             .arg("-D")
             .arg(dir.path().join("data"))
@@ -210,7 +210,7 @@ impl PgServer {
         if let Some((uid, gid)) = self.user {
             std::os::unix::fs::chown(self.log_path(), Some(uid), Some(gid)).unwrap();
         }
-        let mut cmd = Command::new("postgres");
+        let mut cmd = Command::new(pg_bin("postgres"));
         cmd.arg("-D")
             .arg(self.dir.path().join("data"))
             .arg("-p")
@@ -254,7 +254,7 @@ impl PgServer {
     }
 
     fn psql_command(&self, database: &str, sql: &str) -> Command {
-        let mut cmd = Command::new("psql");
+        let mut cmd = Command::new(pg_bin("psql"));
         cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-X", "-A", "-t", "-q"])
             .args(["-v", "ON_ERROR_STOP=1"])
             .arg("-p")
@@ -293,6 +293,39 @@ fn as_server_user(mut cmd: Command, user: Option<(u32, u32)>) -> Command {
         cmd.uid(uid).gid(gid);
     }
     cmd
+}
+
+/// A PostgreSQL program: from `PATH` if there, else from the newest
+/// `/usr/lib/postgresql/VERSION/bin` (where Debian's packages put the server's, off
+/// `PATH`).
+fn pg_bin(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|candidate| candidate.is_file());
+    if let Some(found) = on_path {
+        return found;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let program = entry.path().join("bin").join(name);
+            program.is_file().then_some((version, program))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, program)| program)
+        .unwrap_or_else(|| panic!("no `{name}`: install PostgreSQL (Debian: postgresql)"))
 }
 
 /// When running as root: the `postgres` OS user's uid and gid (the server refuses to
