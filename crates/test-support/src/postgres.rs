@@ -144,7 +144,7 @@ impl PgServer {
     /// A fast shutdown (SIGINT: clients disconnected, a clean checkpoint), waited for.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.postmaster.take() {
-            signal_group(&child, libc::SIGINT);
+            signal(&child, libc::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -152,17 +152,15 @@ impl PgServer {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            signal_group(&child, libc::SIGKILL);
-            let _ = child.wait();
+            kill_cluster(&mut child);
         }
     }
 
-    /// `kill -9` of the server and every backend (its whole process group), as a
-    /// crashed or OOM-killed database host would look to polld.
+    /// `kill -9` of the server and every backend, as a crashed database host would look
+    /// to polld: every connection drops at once. Returns once they are all dead.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.postmaster.take() {
-            signal_group(&child, libc::SIGKILL);
-            let _ = child.wait();
+            kill_cluster(&mut child);
         }
     }
 
@@ -226,7 +224,7 @@ impl PgServer {
             cmd.arg("-c").arg(format!("{name}={value}"));
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        // Its own group, so stop and drop reach every backend with one signal.
+        // Its own group: a Ctrl-C meant for the tests does not reach the server.
         cmd.process_group(0);
         let mut child = as_server_user(cmd, self.user).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -245,8 +243,7 @@ impl PgServer {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                signal_group(&child, libc::SIGKILL);
-                let _ = child.wait();
+                kill_cluster(&mut child);
                 return Err(format!("no connection within 30 s:\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -348,11 +345,60 @@ fn postgres_user() -> Option<(u32, u32)> {
     panic!("running as root, but there is no `postgres` user in /etc/passwd to run PostgreSQL as");
 }
 
-/// Sends `signal` to the process group `child` leads.
-fn signal_group(child: &Child, signal: libc::c_int) {
-    // SAFETY: killpg(2) on the group our own child leads (not reaped yet, so its id
-    // cannot have been reused).
+/// Sends `signal` to the postmaster `child`.
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child, not reaped yet, so its id cannot have been reused.
     unsafe {
-        libc::killpg(child.id() as libc::pid_t, signal);
+        libc::kill(child.id() as libc::pid_t, signal);
     }
+}
+
+/// SIGKILL to the postmaster `child` and every process it started. A signal to its
+/// process group would not do: each backend calls setsid(), and a backend left alive
+/// would go on answering its connection until it noticed the postmaster gone. The
+/// postmaster is stopped first so that it forks nothing while its children are listed.
+fn kill_cluster(child: &mut Child) {
+    let postmaster = child.id() as libc::pid_t;
+    signal(child, libc::SIGSTOP);
+    let children = children_of(postmaster);
+    for &pid in &children {
+        // SAFETY: kill(2) on the postmaster's children: it is stopped, so none of them
+        // has been reaped and its id reused since they were listed.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    signal(child, libc::SIGKILL);
+    let _ = child.wait();
+    // Orphaned now, they are reaped by init: dead is enough (gone, or a zombie).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|&pid| is_alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: libc::pid_t) -> Vec<libc::pid_t> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|(_, ppid)| ppid == parent))
+        .collect()
+}
+
+/// Whether `pid` is still running (not gone, not a zombie).
+fn is_alive(pid: libc::pid_t) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+}
+
+/// (state, parent pid) of `pid` from /proc/PID/stat: `pid (comm) state ppid ...`, where
+/// comm may hold spaces and parentheses, hence the last `)`.
+fn proc_stat(pid: libc::pid_t) -> Option<(char, libc::pid_t)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
