@@ -87,23 +87,31 @@ fn git_filters_report_only_what_they_let_through() {
     work.checkout("main");
     let b_again = work.commit("service-b/other.go", "o\n", "Other change to b");
     let merge = work.merge_no_ff("feature", "Merge feature");
+    // 10,001 vendored files and one of service-a's, listed after them: paths are matched
+    // before the change's file list is cut to 10,000.
+    for i in 0..10_001 {
+        let path = work.path.join(format!("aaa-vendor/{}/{i}.c", i / 1000));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "v\n").unwrap();
+    }
+    let big = work.commit("service-a/vendored.go", "v\n", "Vendor, and use it in a");
     work.push(&["main"]);
 
     let by_poller = reported(&polld.once_ok());
     assert_eq!(
         by_poller["a"],
-        strings(&[&only_a, &merge]),
+        strings(&[&only_a, &merge, &big]),
         "a: only commits touching service-a, no markers, no bots"
     );
     assert_eq!(
         by_poller["no-docs"],
-        strings(&[&only_b, &only_a, &b_again, &merge]),
+        strings(&[&only_b, &only_a, &b_again, &merge, &big]),
         "no-docs: everything but the docs-only commit, the skipped ones and the bot's"
     );
     assert_eq!(
         by_poller["everything"],
         strings(&[
-            &only_b, &only_a, &docs, &skip, &ci_skip, &bot, &b_again, &merge
+            &only_b, &only_a, &docs, &skip, &ci_skip, &bot, &b_again, &merge, &big
         ]),
     );
 
