@@ -13,16 +13,49 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use polld_backend::NewChange;
 use polld_backend::filter::{self, PathFilter};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 /// The markers `skip_markers = true` (the default) means: what nearly every CI honours.
 pub const DEFAULT_SKIP_MARKERS: [&str; 2] = ["[skip ci]", "[ci skip]"];
 
-/// `skip_markers`: `true` (the default markers), `false` (none), or a list of one's own.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// `skip_markers`: `true` (the default markers), `false` (none), or one's own (a list,
+/// or one string).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipMarkers {
     Default(bool),
     Own(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for SkipMarkers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MarkersVisitor;
+
+        impl<'de> Visitor<'de> for MarkersVisitor {
+            type Value = SkipMarkers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or your own markers (a string or a list)")
+            }
+
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<SkipMarkers, E> {
+                Ok(SkipMarkers::Default(on))
+            }
+
+            fn visit_str<E: de::Error>(self, marker: &str) -> Result<SkipMarkers, E> {
+                Ok(SkipMarkers::Own(vec![marker.to_owned()]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SkipMarkers, A::Error> {
+                let mut markers = Vec::new();
+                while let Some(marker) = seq.next_element::<String>()? {
+                    markers.push(marker);
+                }
+                Ok(SkipMarkers::Own(markers))
+            }
+        }
+
+        deserializer.deserialize_any(MarkersVisitor)
+    }
 }
 
 impl Default for SkipMarkers {
@@ -286,6 +319,18 @@ mod tests {
         );
         assert_eq!(own.rejects(&change(&["a"], "x [skip ci]", DEV)), None);
         assert!(Filters::new(toml::from_str("skip_markers = [\" \"]").unwrap()).is_err());
+        let one = filters("skip_markers = \"[no build]\"");
+        assert_eq!(
+            one.rejects(&change(&["a"], "x [No Build]", DEV)),
+            Some(Reason::SkipMarker)
+        );
+        let wrong = toml::from_str::<FilterKeys>("skip_markers = 3").unwrap_err();
+        assert!(
+            wrong
+                .to_string()
+                .contains("true, false, or your own markers"),
+            "{wrong}"
+        );
     }
 
     #[test]
