@@ -333,7 +333,7 @@ fn pull_request_refs_report_exactly_their_new_commits() {
         .iter()
         .map(|r| r["revision"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(got, [three.clone()]);
+    assert_eq!(got, [three]);
 
     // Force-pushing it: only the rewritten commit, not the ones it replaced.
     work.reset_hard(&one);
