@@ -30,6 +30,17 @@ fn reported(records: &[Value]) -> BTreeMap<String, Vec<String>> {
     by_poller
 }
 
+/// (branch, revision) of each record, in order.
+fn branches_and_revisions(records: &[Value]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let field = |key: &str| r[key].as_str().unwrap().to_owned();
+            (field("branch"), field("revision"))
+        })
+        .collect()
+}
+
 fn strings(revisions: &[&String]) -> Vec<String> {
     revisions.iter().map(|r| r.to_string()).collect()
 }
@@ -307,21 +318,12 @@ fn pull_request_refs_report_exactly_their_new_commits() {
     let one = work.commit("topic.txt", "1\n", "topic one");
     let two = work.commit("topic.txt", "2\n", "topic two");
     work.push_force(&["topic:refs/pull/2001/head"]);
-    let records = polld.once_ok();
-    let got: Vec<(&str, &str)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["branch"].as_str().unwrap(),
-                r["revision"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let got = branches_and_revisions(&polld.once_ok());
     assert_eq!(
         got,
         [
-            ("refs/pull/2001/head", one.as_str()),
-            ("refs/pull/2001/head", two.as_str())
+            ("refs/pull/2001/head".to_owned(), one.clone()),
+            ("refs/pull/2001/head".to_owned(), two)
         ]
     );
 
@@ -343,21 +345,12 @@ fn pull_request_refs_report_exactly_their_new_commits() {
     work.checkout("main");
     let on_main = work.commit("main.txt", "m\n", "on main");
     work.push(&["main"]);
-    let records = polld.once_ok();
-    let got: Vec<(&str, &str)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["branch"].as_str().unwrap(),
-                r["revision"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let got = branches_and_revisions(&polld.once_ok());
     assert_eq!(
         got,
         [
-            ("main", on_main.as_str()),
-            ("refs/pull/2001/head", rewritten.as_str())
+            ("main".to_owned(), on_main),
+            ("refs/pull/2001/head".to_owned(), rewritten)
         ]
     );
 }
