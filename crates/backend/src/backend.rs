@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::filter::PathFilter;
 use crate::model::{Cursor, NewChange};
 
 /// The checks every backend's `repo` passes before it is parsed (the core makes them
@@ -163,6 +164,10 @@ pub struct PollerContext {
     /// poller's `ca_file` key, resolved against the config's directory; the core has
     /// checked that it holds certificates).
     pub ca_file: Option<PathBuf>,
+    /// The poller's `paths` and `ignore_paths`. Read files into
+    /// [`crate::limits::Files::filtered`] with it, so the core can judge a commit by
+    /// all its files even when the change keeps only the first ones; the core decides.
+    pub paths: Arc<PathFilter>,
 }
 
 impl PollerContext {
@@ -186,6 +191,7 @@ impl PollerContext {
             secrets_dir: state_dir.join("secrets").join(&name),
             timeout: PollerContext::DEFAULT_TIMEOUT,
             ca_file: None,
+            paths: Arc::default(),
             name,
         }
     }

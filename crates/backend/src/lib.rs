@@ -5,6 +5,8 @@
 //! - [`Backend`] and [`Poller`]: build a poller from its config keys; poll, given the
 //!   last [`Cursor`], returning a [`PollOutcome`] (new cursor and [`NewChange`]s) or a
 //!   [`PollError`]. [`Refusal`] says which config key is wrong.
+//! - [`filter`] and [`limits`]: what a change may carry, and which of its files make it
+//!   worth reporting (`paths`, `ignore_paths`), checked as files are read.
 //! - [`redact`]: keeping credentials in a repo URL out of every message.
 //! - [`process`]: the one way a backend runs a VCS client (`svn`, `hg`): own process
 //!   group killed on deadline and drop, scrubbed environment, bounded output.
@@ -13,6 +15,7 @@
 //! run through the binary by the `guide` example and its test.
 
 mod backend;
+pub mod filter;
 pub mod limits;
 mod model;
 pub mod process;

@@ -7,6 +7,10 @@
 //! with what a remote sends; what was cut is said in the change itself. The core cuts
 //! again whatever a backend left longer.
 
+use std::sync::Arc;
+
+use crate::filter::PathFilter;
+
 /// A message beyond this many bytes is cut, at a character boundary.
 pub const MAX_COMMENTS_BYTES: usize = 64 * 1024;
 /// A change lists at most this many files (the first ones).
@@ -77,24 +81,54 @@ pub fn truncate(text: &mut String, max_bytes: usize) {
 }
 
 /// The files of one change as they are read: the first [`MAX_FILES`] kept (each cut to
-/// [`MAX_FIELD_BYTES`]), all of them counted.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// [`MAX_FIELD_BYTES`]), all of them counted. Made with a poller's [`PathFilter`], it
+/// also makes sure that when any file is wanted, a wanted one is kept (in the last slot
+/// when the first ones were not), so the core's `paths` verdict on the kept files holds
+/// for a commit of any size.
+#[derive(Debug, Default, Clone)]
 pub struct Files {
     kept: Vec<String>,
     total: usize,
+    filter: Option<Arc<PathFilter>>,
+    wanted_kept: bool,
 }
 
+impl PartialEq for Files {
+    fn eq(&self, other: &Files) -> bool {
+        (&self.kept, self.total) == (&other.kept, other.total)
+    }
+}
+
+impl Eq for Files {}
+
 impl Files {
-    pub fn push(&mut self, path: String) {
-        self.total += 1;
-        if self.kept.len() < MAX_FILES {
-            self.kept.push(cut_field(path));
+    /// Files checked against `filter` as they are read.
+    pub fn filtered(filter: &Arc<PathFilter>) -> Files {
+        Files {
+            filter: (!filter.is_noop()).then(|| Arc::clone(filter)),
+            ..Files::default()
         }
     }
 
-    /// Whether a further file would be kept: a reader may stop decoding names then.
+    pub fn push(&mut self, path: String) {
+        self.total += 1;
+        let wanted = !self.wanted_kept
+            && self
+                .filter
+                .as_ref()
+                .is_some_and(|filter| filter.wants(&path));
+        if self.kept.len() < MAX_FILES {
+            self.kept.push(cut_field(path));
+        } else if wanted && let Some(last) = self.kept.last_mut() {
+            *last = cut_field(path);
+        }
+        self.wanted_kept |= wanted;
+    }
+
+    /// Whether a further file would change nothing but the count: a reader may stop
+    /// decoding names then (and [`Files::count`] the rest).
     pub fn is_full(&self) -> bool {
-        self.kept.len() >= MAX_FILES
+        self.kept.len() >= MAX_FILES && (self.filter.is_none() || self.wanted_kept)
     }
 
     /// Counts a file without keeping it (when full).
@@ -112,6 +146,23 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wanted_file_past_the_cut_is_kept() {
+        let filter = Arc::new(PathFilter::new(&["service-a/**".to_owned()], &[]).unwrap());
+        let mut files = Files::filtered(&filter);
+        for i in 0..MAX_FILES + 5 {
+            assert!(!files.is_full(), "full before a wanted file was seen");
+            files.push(format!("vendor/{i}.c"));
+        }
+        files.push("service-a/main.go".to_owned());
+        assert!(files.is_full());
+        files.push("service-a/other.go".to_owned());
+        let (kept, total) = files.into_parts();
+        assert_eq!((kept.len(), total), (MAX_FILES, Some(MAX_FILES + 7)));
+        assert!(filter.wants_commit(kept.iter().map(String::as_str)));
+        assert_eq!(kept.last().map(String::as_str), Some("service-a/main.go"));
+    }
 
     #[test]
     fn messages_are_cut_once_and_say_so() {

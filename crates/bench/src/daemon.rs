@@ -126,15 +126,39 @@ impl Polld {
     /// `polld --config <config> run` in the config's directory, warnings and errors
     /// logged to `log`.
     pub(crate) fn run(polld: &Path, config: &Path, log: &Path) -> Result<Polld> {
-        let child = Command::new(polld)
+        Polld::run_with(polld, config, log, &[], None)
+    }
+
+    /// [`Polld::run`] with more environment variables (a token, a hook secret), and
+    /// pinned to one CPU when `cpu` is given (from its first instruction, so every
+    /// thread it starts is pinned too).
+    pub(crate) fn run_with(
+        polld: &Path,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        cpu: Option<usize>,
+    ) -> Result<Polld> {
+        let mut command = Command::new(polld);
+        command
             .arg("--config")
             .arg(config)
             .arg("run")
             .current_dir(config.parent().unwrap_or(Path::new(".")))
             .env("POLLD_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(log)?)
+            .stderr(File::create(log)?);
+        if let Some(cpu) = cpu {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure only makes one system call (async-signal-safe), on a
+            // cpu set of its own.
+            unsafe {
+                command.pre_exec(move || crate::util::pin_to_cpu(0, cpu));
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("spawning {}", polld.display()))?;
         Ok(Polld(child))

@@ -1,7 +1,8 @@
 //! polld's benchmark: what a git poll that finds nothing costs in polld, next to the git
 //! command sequence Buildbot's GitPoller runs per poll and a plain `git ls-remote`; the
 //! cost of a repository with very many refs; and the real daemon at scale (CPU, memory,
-//! how polls spread over time, commit-to-sink latency).
+//! how polls spread over time, commit-to-sink latency); and, with `--hooks`, push
+//! notifications: push → change in a Buildbot master, and the webhook endpoint's cost.
 //!
 //! Everything runs on 127.0.0.1 against a fixture the benchmark builds itself (N bare
 //! repositories served by `git daemon`). `polld-bench --help` lists the knobs; the
@@ -9,6 +10,7 @@
 
 mod daemon;
 mod fixture;
+mod hooks;
 mod inproc;
 mod once;
 mod procs;
@@ -25,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 pub use crate::daemon::{DaemonResult, Latency};
+pub use crate::hooks::{EndpointRow, HooksReport, PushRow, VerifyRow};
 pub use crate::inproc::PollStats;
 pub use crate::once::OnceResult;
 pub use crate::report::{RefsResult, Report};
@@ -106,6 +109,19 @@ pub struct Options {
     /// How often the soak run samples the daemon
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub soak_sample: Duration,
+    /// Run only the push-notification benchmark: --hook-pushes pushes per transport
+    /// (git:// and http:// announced by a signed GitHub webhook, svn:// by a post-commit
+    /// hook running `polld notify`), each timed from the push to the change in a real
+    /// Buildbot master; then hook verification in-process and through `polld run`'s
+    /// endpoint, pinned to one core
+    #[arg(long)]
+    pub hooks: bool,
+    /// Pushes per transport in --hooks, one at a time
+    #[arg(long, default_value_t = 200)]
+    pub hook_pushes: usize,
+    /// Seconds of each load on the hook endpoint in --hooks
+    #[arg(long, default_value_t = 10)]
+    pub hook_seconds: u64,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +148,13 @@ pub fn soak(options: &Options) -> Result<SoakReport> {
     let (_temp, root) = work_dir(options)?;
     let polld = locate_polld(options)?;
     soak::run(options, &polld, &root)
+}
+
+/// Runs the push-notification benchmark (`--hooks`) and returns its results.
+pub fn hooks(options: &Options) -> Result<HooksReport> {
+    let (_temp, root) = work_dir(options)?;
+    let polld = locate_polld(options)?;
+    hooks::run(options, &polld, &root)
 }
 
 /// `--work-dir`, which must be empty, else a temporary directory (removed on drop).

@@ -119,6 +119,22 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Pins the thread (or process) `tid` to CPU `cpu`; `tid` 0 is the calling thread.
+pub fn pin_to_cpu(tid: libc::pid_t, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes a bit inside the
+    // set we own (it ignores a cpu past the set's size); sched_setaffinity only reads it.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// xorshift64*: enough randomness to pick repos and commit times, no dependency.
 pub struct Rng(u64);
 

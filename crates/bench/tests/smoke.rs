@@ -84,3 +84,25 @@ fn a_small_run_is_correct() {
         );
     }
 }
+
+#[test]
+fn a_small_hooks_run_is_correct() {
+    let options = Options::parse_from([
+        "polld-bench",
+        "--hooks",
+        "--hook-pushes",
+        "3",
+        "--hook-seconds",
+        "1",
+    ]);
+    let report = polld_bench::hooks(&options).expect("the hooks benchmark runs");
+    println!("{}", report.markdown());
+    assert_eq!(report.problems(), Vec::<String>::new());
+    let transports: Vec<&str> = report.pushes.iter().map(|row| row.transport).collect();
+    assert_eq!(transports, ["git://", "http://", "svn://"]);
+    for row in &report.pushes {
+        assert_eq!(row.latency_ms.len(), 3, "{}", row.transport);
+    }
+    assert_eq!(report.verify.len(), 3);
+    assert!(report.endpoint.iter().all(|row| row.answered > 0));
+}

@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,6 +29,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use polld_backend::{PollerContext, redact};
 
 use crate::backend::BackendRegistry;
+use crate::filter::{FilterKeys, Filters, SkipMarkers};
 use crate::plugins::Plugins;
 use crate::sink::{KeysError, SinkContext, SinkRegistry};
 
@@ -145,6 +147,8 @@ pub struct PollerConfig {
     pub timeout: Duration,
     /// `ca_file`, resolved and checked.
     pub ca_file: Option<PathBuf>,
+    /// `paths`, `ignore_paths`, `skip_markers`, `ignore_authors`: what is reported.
+    pub filters: Filters,
     pub project: String,
     pub category: Option<String>,
     pub codebase: String,
@@ -191,6 +195,7 @@ impl PollerConfig {
             secrets_dir: self.secrets_dir.clone(),
             timeout: self.timeout,
             ca_file: self.ca_file.clone(),
+            paths: Arc::clone(self.filters.paths()),
         }
     }
 }
@@ -606,8 +611,8 @@ impl DaemonKeys {
     }
 }
 
-/// The keys of `[defaults]`: timing, `timeout` and `ca_file`, each overridable per
-/// poller.
+/// The keys of `[defaults]`: timing, `timeout`, `ca_file` and the filters, each
+/// overridable per poller.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DefaultKeys {
@@ -617,6 +622,10 @@ struct DefaultKeys {
     at_launch: Option<bool>,
     timeout: Option<Spanned<HumanDuration>>,
     ca_file: Option<Spanned<String>>,
+    paths: Option<Spanned<Vec<String>>>,
+    ignore_paths: Option<Spanned<Vec<String>>>,
+    skip_markers: Option<Spanned<SkipMarkers>>,
+    ignore_authors: Option<Spanned<Vec<String>>>,
 }
 
 /// The keys every `[[poller]]` has, whatever its backend.
@@ -633,6 +642,10 @@ struct CommonPollerKeys {
     at_launch: Option<bool>,
     timeout: Option<Spanned<HumanDuration>>,
     ca_file: Option<Spanned<String>>,
+    paths: Option<Spanned<Vec<String>>>,
+    ignore_paths: Option<Spanned<Vec<String>>>,
+    skip_markers: Option<Spanned<SkipMarkers>>,
+    ignore_authors: Option<Spanned<Vec<String>>>,
     project: Option<String>,
     category: Option<String>,
     codebase: Option<String>,
@@ -651,6 +664,10 @@ const COMMON_POLLER_KEYS: &[&str] = &[
     "at_launch",
     "timeout",
     "ca_file",
+    "paths",
+    "ignore_paths",
+    "skip_markers",
+    "ignore_authors",
     "project",
     "category",
     "codebase",
@@ -714,6 +731,8 @@ fn build_poller(
         None => None,
     };
 
+    let filters = resolve_filters(&common, defaults, at)?;
+
     let type_name = common.vcs.get_ref();
     let unknown_type = || {
         at(
@@ -732,6 +751,7 @@ fn build_poller(
         timing,
         timeout,
         ca_file,
+        filters,
         project: common.project.unwrap_or_default(),
         category: common.category,
         codebase: common.codebase.unwrap_or_default(),
@@ -844,6 +864,46 @@ pub struct HumanDuration(pub Duration);
 /// The longest duration a config may say: 100 years (`"100y"`, for a poller that only
 /// polls when pushed). Longer ones are refused rather than overflowing a clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// The poller's filter keys, else the defaults', compiled; an error points at the key
+/// that holds the bad value.
+fn resolve_filters(
+    common: &CommonPollerKeys,
+    defaults: &DefaultKeys,
+    at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+) -> Result<Filters, ConfigError> {
+    let paths = common.paths.as_ref().or(defaults.paths.as_ref());
+    let ignore_paths = common
+        .ignore_paths
+        .as_ref()
+        .or(defaults.ignore_paths.as_ref());
+    let skip_markers = common
+        .skip_markers
+        .as_ref()
+        .or(defaults.skip_markers.as_ref());
+    let ignore_authors = common
+        .ignore_authors
+        .as_ref()
+        .or(defaults.ignore_authors.as_ref());
+    let keys = FilterKeys {
+        paths: paths.map(|v| v.get_ref().clone()),
+        ignore_paths: ignore_paths.map(|v| v.get_ref().clone()),
+        skip_markers: skip_markers.map(|v| v.get_ref().clone()),
+        ignore_authors: ignore_authors.map(|v| v.get_ref().clone()),
+    };
+    Filters::new(keys).map_err(|error| {
+        let span = match error.key {
+            "paths" => paths.map(Spanned::span),
+            "ignore_paths" => ignore_paths.map(Spanned::span),
+            "skip_markers" => skip_markers.map(Spanned::span),
+            _ => ignore_authors.map(Spanned::span),
+        };
+        at(
+            span,
+            &format!("poller `{}`: {}", common.name.get_ref(), error.message),
+        )
+    })
+}
 
 /// `ca_file` resolved against the config's directory, once it is known to be a
 /// readable PEM bundle with at least one certificate (each backend parses it again for

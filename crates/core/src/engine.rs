@@ -150,8 +150,23 @@ impl Engine {
             PollOutcome::Advanced { cursor, changes } => (cursor, changes, false),
             PollOutcome::Partial { cursor, changes } => (cursor, changes, true),
         };
+        // Filtered commits are dropped here, before the transaction that moves the
+        // cursor past them with the rest.
         let changes: Vec<Change> = changes
             .into_iter()
+            .filter(|found| match poller.filters.rejects(found) {
+                Some(reason) => {
+                    tracing::debug!(
+                        revision = found.revision,
+                        branch = found.branch.as_deref().unwrap_or(""),
+                        reason = reason.as_str(),
+                        "filtered: not reported"
+                    );
+                    self.metrics.filtered(&poller.name, reason.as_str());
+                    false
+                }
+                None => true,
+            })
             .map(|c| make_change(poller, c))
             .collect();
         let count = changes.len();

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod engine;
+pub mod filter;
 pub mod limits;
 pub mod metrics;
 pub mod model;

@@ -26,6 +26,13 @@ struct PollLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FilteredLabels {
+    poller: String,
+    /// `paths`, `skip_marker` or `author`.
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabel {
     /// `poll`, `delivery`, or one of the daemon's own tasks.
     task: &'static str,
@@ -45,6 +52,7 @@ pub struct Metrics {
     polls: Family<PollLabels, Counter>,
     poll_duration: HistogramFamily,
     changes: Family<PollerLabel, Counter>,
+    filtered: Family<FilteredLabels, Counter>,
     last_success: Family<PollerLabel, Gauge>,
     failure_streak: Family<PollerLabel, Gauge>,
     pending: Family<PollerLabel, Gauge>,
@@ -68,6 +76,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         let changes = Family::<PollerLabel, Counter>::default();
+        let filtered = Family::<FilteredLabels, Counter>::default();
         let last_success = Family::<PollerLabel, Gauge>::default();
         let failure_streak = Family::<PollerLabel, Gauge>::default();
         let pending = Family::<PollerLabel, Gauge>::default();
@@ -83,6 +92,11 @@ impl Metrics {
             "changes",
             "Changes found and queued for delivery",
             changes.clone(),
+        );
+        registry.register(
+            "changes_filtered",
+            "Commits found but not reported (paths, skip_markers, ignore_authors), by reason",
+            filtered.clone(),
         );
         registry.register(
             "last_success_timestamp_seconds",
@@ -121,6 +135,7 @@ impl Metrics {
             polls,
             poll_duration,
             changes,
+            filtered,
             last_success,
             failure_streak,
             pending,
@@ -157,6 +172,16 @@ impl Metrics {
             poller: poller.to_owned(),
         };
         self.changes.get_or_create(&label).inc_by(count as u64);
+    }
+
+    /// Counts a commit a filter kept from being reported.
+    pub fn filtered(&self, poller: &str, reason: &'static str) {
+        self.filtered
+            .get_or_create(&FilteredLabels {
+                poller: poller.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts a panic caught in `task` (a poll, a delivery, a daemon task).
@@ -201,6 +226,12 @@ impl Metrics {
             family.remove(&label);
         }
         self.poll_duration.remove(&label);
+        for reason in ["paths", "skip_marker", "author"] {
+            self.filtered.remove(&FilteredLabels {
+                poller: poller.to_owned(),
+                reason,
+            });
+        }
         for result in ["ok", "error"] {
             self.polls.remove(&PollLabels {
                 poller: poller.to_owned(),

@@ -194,6 +194,10 @@ pub struct GitConfig {
     /// `true` for every tag, or globs on short tag names.
     #[serde(default)]
     pub tags: TagSelection,
+    /// Globs on full ref names in any namespace (`refs/pull/*/head`), watched as
+    /// branches are; the change's `branch` is the full ref name.
+    #[serde(default)]
+    pub refs: Vec<String>,
     /// A watched ref that moves or appears without new commits still emits one change
     /// for its new tip.
     #[serde(default)]
@@ -224,7 +228,7 @@ impl Backend for GitBackend {
         let location = Location::parse(&context.repo, &context.config_dir)
             .map_err(|message| Refusal::at("repo", scrub(message)))?;
         let branches = config.branches.as_ref().map(|list| list.0.as_slice());
-        let watch = Watch::new(branches, &config.tags)?;
+        let watch = Watch::new(branches, &config.tags, &config.refs)?;
         let auth = auth_config(&config, &location, &context)?;
         if config.known_hosts_file.is_some() && location.transport != Transport::Ssh {
             return Err(Refusal::at(
@@ -270,6 +274,7 @@ impl Backend for GitBackend {
             url_password,
             mirror_dir: context.mirror_dir,
             timeout: context.timeout,
+            paths: context.paths,
         })))
     }
 }

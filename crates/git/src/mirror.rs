@@ -19,7 +19,6 @@ use git2::{Oid, Repository};
 use crate::LogContext;
 use crate::cursor::RefMap;
 use crate::error::GitError;
-use crate::watch::{HEADS, TAGS};
 
 /// Past this many packs, the mirror is compacted.
 pub(crate) const MAX_PACKS: usize = 32;
@@ -99,14 +98,15 @@ impl Mirror {
         Ok(())
     }
 
-    /// The ids the mirror's branch and tag refs point at: what it has, for a fetch.
+    /// The ids the mirror's refs point at: what it has, for a fetch.
     pub(crate) fn ref_targets(&self) -> Result<Vec<Oid>, GitError> {
         let mirror_error = |e: git2::Error| GitError::mirror(&self.path, e);
         let mut targets = Vec::new();
         for reference in self.repo.references().map_err(mirror_error)? {
             let reference = reference.map_err(mirror_error)?;
             let name = reference.name_bytes();
-            let ours = name.starts_with(HEADS.as_bytes()) || name.starts_with(TAGS.as_bytes());
+            // Every ref in the mirror is one polld pointed (branches, tags, `refs`).
+            let ours = name.starts_with(b"refs/");
             if let Some(oid) = reference.target().filter(|_| ours)
                 && !targets.contains(&oid)
             {
@@ -116,7 +116,7 @@ impl Mirror {
         Ok(targets)
     }
 
-    /// Deletes branch and tag refs the poller no longer watches (deleted on the remote
+    /// Deletes the refs the poller no longer watches (deleted on the remote
     /// or dropped from the config), so the mirror's refs mirror the cursor.
     pub(crate) fn retain_refs(&self, keep: &RefMap) -> Result<(), GitError> {
         let mirror_error = |e: git2::Error| GitError::mirror(&self.path, e);
@@ -124,7 +124,7 @@ impl Mirror {
         for reference in self.repo.references().map_err(mirror_error)? {
             let reference = reference.map_err(mirror_error)?;
             let name = String::from_utf8_lossy(reference.name_bytes()).into_owned();
-            let ours = name.starts_with(HEADS) || name.starts_with(TAGS);
+            let ours = name.starts_with("refs/");
             if ours && !keep.contains_key(&name) {
                 stale.push(reference);
             }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use git2::Oid;
+use polld_backend::filter::PathFilter;
 use polld_backend::{Cursor, PollError, PollOutcome, Poller};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -42,6 +43,8 @@ pub(crate) struct Settings {
     pub(crate) mirror_dir: PathBuf,
     /// The deadline of each remote operation (the listing, the fetch).
     pub(crate) timeout: Duration,
+    /// `paths` and `ignore_paths`, checked on every file a change is read with.
+    pub(crate) paths: Arc<PathFilter>,
 }
 
 struct Inner {
@@ -307,7 +310,8 @@ impl Inner {
                     new: &new,
                     remote_head: head.as_deref(),
                 };
-                let walked = walk::changes(&mirror, &moves, build_pushes, &log)?;
+                let walked =
+                    walk::changes(&mirror, &moves, build_pushes, &inner.settings.paths, &log)?;
                 mirror.retain_refs(&new)?;
                 Ok(walked)
             })

@@ -232,8 +232,8 @@ fn fetch_local(path: &str, mirror: &Path, names: &[String]) -> Result<(), GitErr
         .map_err(fetch_error)
 }
 
-/// The branches and tags among `listed`, each tag at the object its `^{}` entry names.
-/// Refs outside the asked prefixes that a server sent anyway (v0 sends all;
+/// The refs among `listed` (`HEAD` aside), each tag at the object its `^{}` entry
+/// names. Refs outside the asked prefixes that a server sent anyway (v0 sends all;
 /// `ref-prefix` is a hint) are kept: the watch selects among them.
 fn advertisement(listed: Listed, log: &LogContext<'_>) -> Advertisement {
     let mut tips = BTreeMap::new();
@@ -241,7 +241,7 @@ fn advertisement(listed: Listed, log: &LogContext<'_>) -> Advertisement {
     for (name, oid) in listed.refs {
         if let Some(tag) = name.strip_suffix("^{}") {
             peeled.push((tag.to_owned(), oid));
-        } else if name.starts_with(crate::watch::HEADS) || name.starts_with(crate::watch::TAGS) {
+        } else if name.starts_with("refs/") {
             // A malformed name would make every fetch that names it fail.
             if git2::Reference::is_valid_name(&name) {
                 tips.insert(name, oid);

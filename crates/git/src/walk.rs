@@ -10,9 +10,11 @@
 //! reported as new.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use git2::{Commit, Delta, Oid, Repository, Sort};
 use polld_backend::NewChange;
+use polld_backend::filter::PathFilter;
 use polld_backend::limits::{self, Files, MAX_CHANGES_PER_POLL, MAX_FIELD_BYTES};
 
 use crate::LogContext;
@@ -80,6 +82,7 @@ pub(crate) fn changes(
     mirror: &Mirror,
     moves: &Moves<'_>,
     build_pushes_with_no_commits: bool,
+    paths: &Arc<PathFilter>,
     log: &LogContext<'_>,
 ) -> Result<Walked, GitError> {
     let repo = mirror.repo();
@@ -167,7 +170,7 @@ pub(crate) fn changes(
         if to_report.len() > room {
             // Oldest first: report what fits and stop at the last of it.
             for &oid in &to_report[..room] {
-                changes.push(new_change(repo, oid, branch).map_err(history_error)?);
+                changes.push(new_change(repo, oid, branch, paths).map_err(history_error)?);
             }
             let last = room.checked_sub(1).map(|i| to_report[i]);
             return Ok(Walked {
@@ -179,7 +182,7 @@ pub(crate) fn changes(
             });
         }
         for oid in to_report {
-            changes.push(new_change(repo, oid, branch).map_err(history_error)?);
+            changes.push(new_change(repo, oid, branch, paths).map_err(history_error)?);
         }
         known.push(tip);
     }
@@ -224,10 +227,15 @@ fn branch_name(full_name: &str) -> &str {
 /// paths that are not UTF-8 (git stores bytes, and ignores the commit's `encoding`
 /// header for paths) are converted lossily, invalid sequences becoming U+FFFD: the
 /// record is JSON and must be text.
-fn new_change(repo: &Repository, oid: Oid, branch: &str) -> Result<NewChange, git2::Error> {
+fn new_change(
+    repo: &Repository,
+    oid: Oid,
+    branch: &str,
+    paths: &Arc<PathFilter>,
+) -> Result<NewChange, git2::Error> {
     let commit = repo.find_commit(oid)?;
     let message = commit.message_bytes();
-    let (files, files_total) = changed_files(repo, &commit)?.into_parts();
+    let (files, files_total) = changed_files(repo, &commit, paths)?.into_parts();
     Ok(NewChange {
         branch: Some(branch.to_owned()),
         revision: oid.to_string(),
@@ -253,13 +261,17 @@ fn person(signature: &git2::Signature<'_>) -> String {
 
 /// Paths changed against the first parent (a merge shows what it brought to the
 /// branch; a root commit shows everything). A deleted file is listed by its old path.
-fn changed_files(repo: &Repository, commit: &Commit<'_>) -> Result<Files, git2::Error> {
+fn changed_files(
+    repo: &Repository,
+    commit: &Commit<'_>,
+    paths: &Arc<PathFilter>,
+) -> Result<Files, git2::Error> {
     let parent_tree = match commit.parent_count() {
         0 => None,
         _ => Some(commit.parent(0)?.tree()?),
     };
     let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&commit.tree()?), None)?;
-    let mut files = Files::default();
+    let mut files = Files::filtered(paths);
     for delta in diff.deltas() {
         if files.is_full() {
             files.count();

@@ -94,19 +94,25 @@ impl NameFilter {
     }
 }
 
-/// The compiled `branches` and `tags` keys.
+/// The compiled `branches`, `tags` and `refs` keys.
 #[derive(Debug, Clone)]
 pub(crate) struct Watch {
     /// `None`: the branch the remote's HEAD points at.
     branches: Option<NameFilter>,
     tags: Option<NameFilter>,
+    /// Globs on full ref names, in any namespace (`refs/pull/*/head`).
+    refs: Option<GlobSet>,
     summary: String,
     /// What to ask a protocol-v2 server for (see [`Watch::ref_prefixes`]).
     prefixes: Vec<String>,
 }
 
 impl Watch {
-    pub(crate) fn new(branches: Option<&[String]>, tags: &TagSelection) -> Result<Watch, String> {
+    pub(crate) fn new(
+        branches: Option<&[String]>,
+        tags: &TagSelection,
+        refs: &[String],
+    ) -> Result<Watch, String> {
         let branch_filter = branches
             .map(|globs| NameFilter::new("branches", globs))
             .transpose()?;
@@ -116,8 +122,25 @@ impl Watch {
             TagSelection::Matching(globs) if globs.is_empty() => None,
             TagSelection::Matching(globs) => Some(NameFilter::new("tags", globs)?),
         };
-        if matches!(branches, Some([])) && tag_filter.is_none() {
-            return Err("branches = [] and no tags: this poller would watch nothing".into());
+        let ref_filter = match refs {
+            [] => None,
+            globs => match NameFilter::new("refs", globs)? {
+                NameFilter::Globs(set) => Some(set),
+                NameFilter::All => return Err(
+                    "refs = [\"*\"] names no ref: refs globs match full names (refs/pull/*/head)"
+                        .into(),
+                ),
+            },
+        };
+        if let Some(glob) = refs.iter().find(|glob| !glob.starts_with("refs/")) {
+            return Err(format!(
+                "refs glob {glob:?}: refs globs match full ref names, which start with refs/"
+            ));
+        }
+        if matches!(branches, Some([])) && tag_filter.is_none() && ref_filter.is_none() {
+            return Err(
+                "branches = [] and no tags or refs: this poller would watch nothing".into(),
+            );
         }
 
         let mut summary = match branches {
@@ -133,7 +156,13 @@ impl Watch {
                 summary.push_str(&format!("; tags {}", globs.join(", ")));
             }
         }
-        let mut prefixes = Vec::new();
+        if !refs.is_empty() {
+            summary.push_str(&format!("; refs {}", refs.join(", ")));
+        }
+        let mut prefixes: Vec<String> = refs
+            .iter()
+            .map(|glob| literal_prefix(glob).to_owned())
+            .collect();
         if let Some(globs) = branches {
             prefixes.extend(
                 globs
@@ -157,6 +186,7 @@ impl Watch {
         Ok(Watch {
             branches: branch_filter,
             tags: tag_filter,
+            refs: ref_filter,
             summary,
             prefixes,
         })
@@ -190,6 +220,9 @@ impl Watch {
     }
 
     fn watches(&self, name: &str, remote_head: Option<&str>) -> bool {
+        if self.refs.as_ref().is_some_and(|refs| refs.is_match(name)) {
+            return true;
+        }
         if let Some(short) = name.strip_prefix(HEADS) {
             match &self.branches {
                 None => remote_head == Some(name),
@@ -235,14 +268,19 @@ mod tests {
     #[test]
     fn selects_by_short_name() {
         let globs = ["main".to_owned(), "release/*".to_owned()];
-        let watch = Watch::new(Some(&globs), &TagSelection::Matching(vec!["v*".into()])).unwrap();
+        let watch = Watch::new(
+            Some(&globs),
+            &TagSelection::Matching(vec!["v*".into()]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             selected(&watch, None),
             ["refs/heads/main", "refs/heads/release/1.0", "refs/tags/v1"]
         );
         assert_eq!(watch.summary(), "branches main, release/*; tags v*");
 
-        let head = Watch::new(None, &TagSelection::None).unwrap();
+        let head = Watch::new(None, &TagSelection::None, &[]).unwrap();
         assert_eq!(
             selected(&head, Some("refs/heads/feature/x")),
             ["refs/heads/feature/x"]
@@ -250,14 +288,19 @@ mod tests {
         assert!(selected(&head, None).is_empty());
         assert_eq!(head.summary(), "branch: remote HEAD");
 
-        let all = Watch::new(Some(&["*".to_owned()]), &TagSelection::All).unwrap();
+        let all = Watch::new(Some(&["*".to_owned()]), &TagSelection::All, &[]).unwrap();
         assert_eq!(selected(&all, None).len(), 5);
     }
 
     #[test]
     fn asks_a_v2_server_only_for_what_it_watches() {
         let globs = ["main".to_owned(), "release/*".to_owned(), "*x".to_owned()];
-        let watch = Watch::new(Some(&globs), &TagSelection::Matching(vec!["v1.?".into()])).unwrap();
+        let watch = Watch::new(
+            Some(&globs),
+            &TagSelection::Matching(vec!["v1.?".into()]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             watch.ref_prefixes(),
             [
@@ -267,14 +310,50 @@ mod tests {
                 "refs/tags/v1."
             ]
         );
-        let head = Watch::new(None, &TagSelection::All).unwrap();
+        let head = Watch::new(None, &TagSelection::All, &[]).unwrap();
         assert_eq!(head.ref_prefixes(), ["refs/tags/"]);
     }
 
     #[test]
+    fn refs_globs_watch_full_names_in_any_namespace() {
+        let refs = ["refs/pull/*/head".to_owned(), "refs/changes/*".to_owned()];
+        let watch = Watch::new(Some(&["main".to_owned()]), &TagSelection::None, &refs).unwrap();
+        let advertised = advertised(&[
+            "refs/heads/main",
+            "refs/heads/dev",
+            "refs/pull/1/head",
+            "refs/pull/1/merge",
+            "refs/changes/34/1234/1",
+            "refs/merge-requests/1/head",
+        ]);
+        assert_eq!(
+            watch
+                .select(&advertised, None)
+                .into_keys()
+                .collect::<Vec<_>>(),
+            [
+                "refs/changes/34/1234/1",
+                "refs/heads/main",
+                "refs/pull/1/head"
+            ]
+        );
+        assert_eq!(
+            watch.ref_prefixes(),
+            ["refs/changes/", "refs/heads/main", "refs/pull/"]
+        );
+        assert_eq!(
+            watch.summary(),
+            "branches main; refs refs/pull/*/head, refs/changes/*"
+        );
+    }
+
+    #[test]
     fn rejects_bad_globs_and_empty_watches() {
-        assert!(Watch::new(Some(&["[".to_owned()]), &TagSelection::None).is_err());
-        assert!(Watch::new(None, &TagSelection::Matching(vec!["a{".into()])).is_err());
-        assert!(Watch::new(Some(&[]), &TagSelection::None).is_err());
+        assert!(Watch::new(Some(&["[".to_owned()]), &TagSelection::None, &[]).is_err());
+        assert!(Watch::new(None, &TagSelection::Matching(vec!["a{".into()]), &[]).is_err());
+        assert!(Watch::new(Some(&[]), &TagSelection::None, &[]).is_err());
+        assert!(Watch::new(None, &TagSelection::None, &["pull/*/head".to_owned()]).is_err());
+        assert!(Watch::new(None, &TagSelection::None, &["*".to_owned()]).is_err());
+        assert!(Watch::new(Some(&[]), &TagSelection::None, &["refs/pull/*".to_owned()]).is_ok());
     }
 }

@@ -118,6 +118,7 @@ impl Backend for HgBackend {
                 location,
                 watch,
                 auth,
+                paths: context.paths,
             },
             mirror,
             wire,

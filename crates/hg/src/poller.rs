@@ -2,8 +2,10 @@
 //! and walk.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use polld_backend::filter::PathFilter;
 use polld_backend::limits::Files;
 use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
 
@@ -30,6 +32,8 @@ pub(crate) struct Settings {
     pub(crate) location: Location,
     pub(crate) watch: Watch,
     pub(crate) auth: AuthConfig,
+    /// `paths` and `ignore_paths`, checked on every file a change is read with.
+    pub(crate) paths: Arc<PathFilter>,
 }
 
 pub(crate) struct HgPoller {
@@ -222,7 +226,8 @@ impl HgPoller {
             gone: &gone,
         };
         let names = self.settings.watch.names(old, new);
-        let mut changes = walk::changes(&names, old, new, &found, &self.log());
+        let mut changes =
+            walk::changes(&names, old, new, &found, &self.settings.paths, &self.log());
         // Merges list what they brought to the branch, as git's first-parent diff does:
         // one `hg status` each (merges are few; the template cannot say this).
         let merges: HashSet<&str> = fresh
@@ -232,7 +237,7 @@ impl HgPoller {
             .collect();
         for change in changes.iter_mut() {
             if merges.contains(change.revision.as_str()) {
-                let mut files = Files::default();
+                let mut files = Files::filtered(&self.settings.paths);
                 for file in self.mirror.files_against_p1(&change.revision).await? {
                     files.push(file);
                 }

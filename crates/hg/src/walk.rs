@@ -15,8 +15,10 @@
 //! a name reports its new heads only: never their ancestry.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use polld_backend::NewChange;
+use polld_backend::filter::PathFilter;
 use polld_backend::limits::{self, Files};
 
 use crate::LogContext;
@@ -64,6 +66,7 @@ pub(crate) fn changes(
     old: &State,
     new: &State,
     found: &Found<'_>,
+    paths: &Arc<PathFilter>,
     log: &LogContext<'_>,
 ) -> Vec<NewChange> {
     let position: HashMap<&str, usize> = found
@@ -138,7 +141,7 @@ pub(crate) fn changes(
                 continue;
             }
             if reported.insert(index) {
-                changes.push(new_change(changeset, branch));
+                changes.push(new_change(changeset, branch, paths));
             }
         }
     }
@@ -166,8 +169,8 @@ fn reachable(fresh: &[Changeset], position: &HashMap<&str, usize>, heads: &[&str
     seen.into_iter().collect()
 }
 
-fn new_change(changeset: &Changeset, name: &str) -> NewChange {
-    let mut files = Files::default();
+fn new_change(changeset: &Changeset, name: &str, paths: &Arc<PathFilter>) -> NewChange {
+    let mut files = Files::filtered(paths);
     for file in &changeset.files {
         files.push(file.clone());
     }
@@ -238,7 +241,7 @@ mod tests {
             poller: "p",
             repo: "r",
         };
-        changes(names, old, new, &found, &log)
+        changes(names, old, new, &found, &Arc::default(), &log)
             .into_iter()
             .map(|c| format!("{}:{}", c.branch.unwrap(), &c.revision[..1]))
             .collect()

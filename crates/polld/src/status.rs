@@ -29,13 +29,20 @@ pub fn print_check(config: &Config, plugins: &Plugins) {
             when += ", first poll after one interval";
         }
         println!(
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             poller.name,
             poller.vcs,
             poller.display_repo(),
             when,
-            watches
+            watches,
+            poller.filters
         );
+        for (glob, why) in poller.filters.hopeless_globs() {
+            eprintln!(
+                "polld: warning: poller `{}`: path glob {glob:?} can never match: {why}",
+                poller.name
+            );
+        }
     }
     eprintln!(
         "{}: ok, {} poller(s)",

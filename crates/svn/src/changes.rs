@@ -8,8 +8,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use polld_backend::NewChange;
+use polld_backend::filter::PathFilter;
 use polld_backend::limits::{Files, cut_field, cut_message};
 
 use crate::error::SvnError;
@@ -21,6 +23,8 @@ pub(crate) struct Context<'a> {
     /// The polled URL's path in the repository (`""` or `/project/trunk`).
     pub(crate) prefix: &'a str,
     pub(crate) splitter: &'a Splitter,
+    /// `paths` and `ignore_paths`, on each file relative to its branch.
+    pub(crate) paths: &'a Arc<PathFilter>,
 }
 
 /// The files of one revision on one (project, branch): the first ones kept, all
@@ -56,7 +60,7 @@ pub(crate) fn from_entry(
                 groups.push(Group {
                     project: placed.project,
                     branch: placed.branch,
-                    files: Files::default(),
+                    files: Files::filtered(context.paths),
                     seen: HashSet::new(),
                 });
                 groups.len() - 1
@@ -157,6 +161,7 @@ mod tests {
             &Context {
                 prefix,
                 splitter: &splitter,
+                paths: &Arc::default(),
             },
         )
         .unwrap()
@@ -211,6 +216,7 @@ mod tests {
         let context = Context {
             prefix: "",
             splitter: &splitter,
+            paths: &Arc::default(),
         };
         let bare = LogEntry {
             revision: 3,
@@ -236,6 +242,7 @@ mod tests {
         let context = Context {
             prefix: "",
             splitter: &splitter,
+            paths: &Arc::default(),
         };
         let big = LogEntry {
             message: Some("m".repeat(1_000_000)),

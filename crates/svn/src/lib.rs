@@ -119,6 +119,7 @@ impl Backend for SvnBackend {
             repo: context.repo,
             location,
             splitter,
+            paths: context.paths,
             username,
             password_env: config.password_env,
         })))

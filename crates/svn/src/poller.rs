@@ -1,7 +1,10 @@
 //! One svn poller: the cheap check (or `svn info`), compare with the cursor, and only
 //! then `svn log`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use polld_backend::filter::PathFilter;
 use polld_backend::limits::MAX_CHANGES_PER_POLL;
 use polld_backend::process::ProcessError;
 use polld_backend::{Cursor, NewChange, PollError, PollOutcome, Poller};
@@ -43,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) repo: String,
     pub(crate) location: Location,
     pub(crate) splitter: Splitter,
+    /// `paths` and `ignore_paths`, checked on each file as placed by the splitter.
+    pub(crate) paths: Arc<PathFilter>,
     /// The `username` key, else the URL's user.
     pub(crate) username: Option<String>,
     pub(crate) password_env: Option<String>,
@@ -164,6 +169,7 @@ impl SvnPoller {
         let context = Context {
             prefix: &prefix,
             splitter: &self.settings.splitter,
+            paths: &self.settings.paths,
         };
         // Pinned to the youngest revision the check saw, so commits arriving meanwhile
         // cannot change what this poll reads; the next poll gets them.
