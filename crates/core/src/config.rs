@@ -42,8 +42,69 @@ pub struct Config {
     pub sink: SinkConfig,
     /// `[hooks]`: the forges whose push webhooks `POST /hooks/{forge}` accepts.
     pub hooks: HooksConfig,
+    /// `[store]`: where the state is kept, and how replicas share it.
+    pub store: StoreConfig,
     pub pollers: Vec<PollerConfig>,
 }
+
+/// `[store]`: absent, the state is SQLite in `state_dir`, one process's. With
+/// `url_env`, a database every replica running this config shares; the URL itself is
+/// read from that variable when polld starts (it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub url_env: Option<String>,
+    /// How long a replica holds a poller without renewing its lease.
+    pub lease: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url_env: None,
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The keys of `[store]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreKeys {
+    url_env: Option<Spanned<String>>,
+    lease: Option<Spanned<HumanDuration>>,
+}
+
+impl StoreKeys {
+    fn resolve(
+        self,
+        at: &impl Fn(Option<Range<usize>>, &str) -> ConfigError,
+    ) -> Result<StoreConfig, ConfigError> {
+        if let Some(variable) = self.url_env.as_ref().filter(|v| v.get_ref().is_empty()) {
+            return Err(at(Some(variable.span()), "url_env names no variable"));
+        }
+        let lease = match self.lease {
+            Some(lease) if lease.get_ref().0 < MIN_LEASE => {
+                return Err(at(
+                    Some(lease.span()),
+                    &format!(
+                        "lease must be at least {}: replicas renew every third of it",
+                        humantime::format_duration(MIN_LEASE)
+                    ),
+                ));
+            }
+            Some(lease) => lease.into_inner().0,
+            None => StoreConfig::default().lease,
+        };
+        Ok(StoreConfig {
+            url_env: self.url_env.map(Spanned::into_inner),
+            lease,
+        })
+    }
+}
+
+/// The shortest `lease`: a renewal every third of it must fit a database round trip
+/// with room to spare.
+const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// `[hooks]`: each forge's secret, by where to read it. A forge without one has no
 /// endpoint. The secrets themselves are read when the daemon starts
@@ -212,6 +273,7 @@ pub struct ConfigDiff<'a> {
     pub daemon_changed: bool,
     pub sink_changed: bool,
     pub hooks_changed: bool,
+    pub store_changed: bool,
 }
 
 /// How `new` differs from `old`.
@@ -220,6 +282,7 @@ pub fn diff<'a>(old: &'a Config, new: &'a Config) -> ConfigDiff<'a> {
         daemon_changed: old.daemon != new.daemon,
         sink_changed: old.sink != new.sink,
         hooks_changed: old.hooks != new.hooks,
+        store_changed: old.store != new.store,
         ..ConfigDiff::default()
     };
     for poller in &new.pollers {
@@ -319,6 +382,7 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
     .map_err(toml_error)?;
 
     let daemon = file.daemon.unwrap_or_default().resolve(&config_dir, &at)?;
+    let store = file.store.unwrap_or_default().resolve(&at)?;
     let hooks = match file.hooks {
         Some(keys) => keys.resolve(&config_dir, hooks_span.clone(), &at)?,
         None => HooksConfig::default(),
@@ -386,6 +450,7 @@ pub fn parse(path: &Path, text: &str, plugins: &Plugins) -> Result<Config, Confi
         daemon,
         sink,
         hooks,
+        store,
         pollers,
     })
 }
@@ -397,6 +462,7 @@ struct FileKeys {
     daemon: Option<DaemonKeys>,
     defaults: Option<DefaultKeys>,
     hooks: Option<HooksKeys>,
+    store: Option<StoreKeys>,
 }
 
 /// The keys of `[hooks]`: per forge, the environment variable or the file holding its

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, PollerConfig, diff};
 use crate::delivery::{Delivery, QueuedSignal};
 use crate::engine::{ActivePoller, Engine};
+use crate::leases::{Holding, LeaseKeeper, keep_leases};
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
 use crate::repo_key::{host_of, repo_key};
@@ -53,6 +54,8 @@ pub struct Control {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// The pollers this replica holds (every one, unless replicas share the store).
+    holding: Arc<Holding>,
     running: AtomicBool,
 }
 
@@ -82,6 +85,9 @@ impl Control {
     pub fn health(&self) -> Result<(), String> {
         if !self.running.load(Ordering::SeqCst) {
             return Err("stopping".to_owned());
+        }
+        if let Some(trouble) = self.holding.trouble() {
+            return Err(trouble);
         }
         self.health.check()
     }
@@ -151,6 +157,7 @@ impl Control {
                 ("[daemon]", changes.daemon_changed),
                 ("[sink]", changes.sink_changed),
                 ("[hooks]", changes.hooks_changed),
+                ("[store]", changes.store_changed),
             ]
             .into_iter()
             .filter_map(|(section, changed)| changed.then_some(section))
@@ -167,6 +174,7 @@ impl Control {
         new.daemon = old.daemon.clone();
         new.sink = old.sink.clone();
         new.hooks = old.hooks.clone();
+        new.store = old.store.clone();
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         Ok(summary)
     }
@@ -177,7 +185,9 @@ impl Control {
         self.engine.save_poll_records().await;
         let config = self.config();
         let names: Vec<String> = config.pollers.iter().map(|p| p.name.clone()).collect();
-        self.store.status(&names).await
+        let mut statuses = self.store.status(&names).await?;
+        with_replicas(self.store.as_ref(), &names, &mut statuses).await?;
+        Ok(statuses)
     }
 
     /// The Prometheus exposition, with the queue gauges read fresh from the store.
@@ -202,9 +212,15 @@ pub async fn run(
     shutdown: CancellationToken,
     started: impl FnOnce(Arc<Control>),
 ) -> Result<(), DaemonError> {
-    let store = open_store(&config, &plugins).await?;
+    let store = open_store(&config, &plugins, Access::Replica).await?;
     let queued = Arc::new(QueuedSignal::default());
     let metrics = Arc::new(Metrics::new());
+    // A shared store gives this replica its pollers in the first lease round; until
+    // then it holds none. A store of its own: every poller, at once.
+    let holding = Arc::new(Holding::default());
+    if config.store.url_env.is_some() {
+        holding.hold_nothing();
+    }
     let engine = Arc::new(
         Engine::new(
             Arc::clone(&store),
@@ -212,7 +228,8 @@ pub async fn run(
             Arc::clone(&metrics),
             Arc::clone(&queued),
         )
-        .await?,
+        .await?
+        .with_holding(Arc::clone(&holding)),
     );
 
     let health = Arc::new(Health::default());
@@ -221,7 +238,8 @@ pub async fn run(
         Arc::clone(&store),
         open_sink(&config, &plugins)?,
         Arc::clone(&metrics),
-    );
+    )
+    .with_holding(Arc::clone(&holding));
     let delivering = tokio::spawn({
         let (delivery, queued, stop) =
             (delivery.clone(), Arc::clone(&queued), stop_delivery.clone());
@@ -258,15 +276,47 @@ pub async fn run(
         config.daemon.max_polls_per_host,
     );
     let grace = config.daemon.shutdown_grace;
+    let lease = config.store.lease;
     let control = Arc::new(Control {
         plugins,
         scheduler: scheduler.handle(),
         engine: Arc::clone(&engine),
-        store,
+        store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
+        holding: Arc::clone(&holding),
         running: AtomicBool::new(true),
         config: Mutex::new(Arc::new(config)),
+    });
+    let keeper = LeaseKeeper {
+        store,
+        holding,
+        engine: Arc::clone(&engine),
+        queued: Arc::clone(&queued),
+        metrics: Arc::clone(&metrics),
+        lease,
+        pollers: {
+            let control = Arc::downgrade(&control);
+            Arc::new(move || {
+                control.upgrade().map_or_else(Vec::new, |control| {
+                    control
+                        .config()
+                        .pollers
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .collect()
+                })
+            })
+        },
+    };
+    let leases = tokio::spawn({
+        let stop = shutdown.clone();
+        supervise(
+            "leases",
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+            move || keep_leases(keeper.clone(), stop.clone()),
+        )
     });
     tracing::info!(pollers = control.config().pollers.len(), "polld running");
     started(Arc::clone(&control));
@@ -288,6 +338,7 @@ pub async fn run(
 
     let _ = status_saver.await;
     let _ = upkeep.await;
+    let _ = leases.await;
     engine.save_poll_records().await;
     // Give the sink a last chance to take what the final polls queued.
     stop_delivery.cancel();
@@ -323,7 +374,7 @@ pub async fn once(
     plugins: &Plugins,
     names: &[String],
 ) -> Result<OnceReport, DaemonError> {
-    let store = open_store(config, plugins).await?;
+    let store = open_store(config, plugins, Access::Exclusive).await?;
     let chosen: Vec<PollerConfig> = config
         .pollers
         .iter()
@@ -443,18 +494,65 @@ fn open_sink(config: &Config, plugins: &Plugins) -> Result<Arc<dyn Sink>, Daemon
 
 /// Makes the state directory owner-only, opens the store for this process, and clears
 /// what a crash left in its secrets directory.
-async fn open_store(config: &Config, plugins: &Plugins) -> Result<Arc<dyn Store>, DaemonError> {
+async fn open_store(
+    config: &Config,
+    plugins: &Plugins,
+    access: Access,
+) -> Result<Arc<dyn Store>, DaemonError> {
     let state_dir = &config.daemon.state_dir;
     crate::private::prepare_state_dir(state_dir).map_err(|source| DaemonError::StateDir {
         path: state_dir.display().to_string(),
         source,
     })?;
-    let store = plugins.stores.open(state_dir, Access::Exclusive).await?;
+    let store = open_configured_store(config, plugins, access).await?;
     crate::private::clear_secrets(state_dir).map_err(|source| DaemonError::StateDir {
         path: state_dir.display().to_string(),
         source,
     })?;
     Ok(store)
+}
+
+/// The store `[store]` names: the database in `url_env`'s variable, shared with the
+/// other replicas (this process named after its host and pid), else SQLite in the
+/// state directory (`Access::Replica` then means `Exclusive`).
+pub async fn open_configured_store(
+    config: &Config,
+    plugins: &Plugins,
+    access: Access,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let Some(variable) = &config.store.url_env else {
+        return plugins.stores.open(&config.daemon.state_dir, access).await;
+    };
+    let url = std::env::var(variable).map_err(|_| {
+        StoreError::new(format!(
+            "[store] url_env names {variable}, which is not set: it holds the database URL"
+        ))
+    })?;
+    plugins.stores.open_url(&url, &replica_name(), access).await
+}
+
+/// This process among the replicas: the host's name and the process id (a restarted
+/// replica is a new one; the old one's leases expire).
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "polld".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Fills in which replica holds each poller (`status`'s `"replica"`).
+pub async fn with_replicas(
+    store: &dyn Store,
+    names: &[String],
+    statuses: &mut [StoredStatus],
+) -> Result<(), StoreError> {
+    let holders = store.holders().await?;
+    for (name, status) in names.iter().zip(statuses.iter_mut()) {
+        status.replica = holders.get(name).cloned();
+    }
+    Ok(())
 }
 
 /// Saves poll outcomes at most every [`STATUS_SAVE_EVERY`], and only when there are

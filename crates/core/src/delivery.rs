@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff;
+use crate::leases::Holding;
 use crate::metrics::Metrics;
 use crate::model::Change;
 use crate::sink::{Sink, SinkError, SinkFailure};
@@ -70,6 +71,9 @@ pub struct Delivery {
     store: Arc<dyn Store>,
     sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
+    /// The pollers whose changes this process sends (every one, unless replicas share
+    /// the store).
+    holding: Arc<Holding>,
 }
 
 impl Delivery {
@@ -78,7 +82,15 @@ impl Delivery {
             store,
             sink,
             metrics,
+            holding: Arc::default(),
         }
+    }
+
+    /// Sends only the changes of the pollers `holding` says this replica holds: the
+    /// holder of a poller is the one that delivers it, in order.
+    pub fn with_holding(mut self, holding: Arc<Holding>) -> Self {
+        self.holding = holding;
+        self
     }
 
     /// Delivers until `shutdown`, waking when `queued` says a lane has work, retrying
@@ -303,8 +315,11 @@ impl Lanes {
                 .filter(|(name, _)| start.as_ref().is_some_and(|s| *name <= s));
             after
                 .chain(before)
-                .filter(|(_, lane)| {
-                    !lane.busy && !lane.closed && lane.retry_at.is_none_or(|at| at <= now)
+                .filter(|(name, lane)| {
+                    !lane.busy
+                        && !lane.closed
+                        && lane.retry_at.is_none_or(|at| at <= now)
+                        && self.delivery.holding.holds(name)
                 })
                 .map(|(name, _)| name.clone())
                 .collect()

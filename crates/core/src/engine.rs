@@ -12,6 +12,7 @@ use polld_backend::{Cursor, NewChange, PollOutcome, Poller, redact};
 
 use crate::config::PollerConfig;
 use crate::delivery::QueuedSignal;
+use crate::leases::Holding;
 use crate::metrics::Metrics;
 use crate::model::Change;
 use crate::scheduler::{PollTarget, Polled};
@@ -41,6 +42,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Told whenever changes are queued.
     queued: Arc<QueuedSignal>,
+    /// The pollers this process may poll (every one, unless replicas share the store).
+    holding: Arc<Holding>,
 }
 
 impl Engine {
@@ -59,9 +62,32 @@ impl Engine {
             unsaved: Notify::new(),
             metrics,
             queued,
+            holding: Arc::default(),
         };
         engine.update(pollers, &[]);
         Ok(engine)
+    }
+
+    /// Polls only the pollers `holding` says this replica holds.
+    pub fn with_holding(mut self, holding: Arc<Holding>) -> Self {
+        self.holding = holding;
+        self
+    }
+
+    /// Reads `pollers`' cursors from the store again: another replica may have moved
+    /// them while this one did not hold them. On an error nothing changes, and the
+    /// caller must not poll them (a poll from a stale cursor would report again what
+    /// the other replica reported; from none, it would skip what happened since).
+    pub async fn reload_cursors(&self, pollers: &[String]) -> Result<(), StoreError> {
+        let mut fresh = self.store.cursors().await?;
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        for poller in pollers {
+            match fresh.remove(poller) {
+                Some(cursor) => cursors.insert(poller.clone(), cursor),
+                None => cursors.remove(poller),
+            };
+        }
+        Ok(())
     }
 
     /// A reload: `started` pollers (added or changed) replace any of the same name,
@@ -88,6 +114,10 @@ impl Engine {
     /// Polls one poller and, if it found anything, moves its cursor and queues the
     /// changes in one transaction.
     pub async fn poll(&self, name: &str) -> Result<Polled, String> {
+        if !self.holding.holds(name) {
+            // Another replica holds it: its turn, not ours.
+            return Ok(Polled::Done);
+        }
         let poller = self
             .poller(name)
             .ok_or_else(|| format!("no poller named `{name}`"))?;

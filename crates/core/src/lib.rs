@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod engine;
 pub mod filter;
+pub mod leases;
 pub mod limits;
 pub mod metrics;
 pub mod model;

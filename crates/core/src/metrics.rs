@@ -59,6 +59,8 @@ pub struct Metrics {
     dead_letters: Family<PollerLabel, Gauge>,
     panics: Family<TaskLabel, Counter>,
     hook_requests: Family<HookLabels, Counter>,
+    leases_held: Gauge,
+    lease_takeovers: Counter,
 }
 
 impl Default for Metrics {
@@ -129,7 +131,21 @@ impl Metrics {
             "Requests to /hooks/{forge}, by forge and result",
             hook_requests.clone(),
         );
+        let leases_held = Gauge::default();
+        let lease_takeovers = Counter::default();
+        registry.register(
+            "leases_held",
+            "Pollers this replica holds a lease on (replicas sharing a store only)",
+            leases_held.clone(),
+        );
+        registry.register(
+            "lease_takeovers",
+            "Pollers this replica took from another replica (one that stopped, died or had more than its share)",
+            lease_takeovers.clone(),
+        );
         Metrics {
+            leases_held,
+            lease_takeovers,
             registry,
             hook_requests,
             polls,
@@ -182,6 +198,17 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// How many pollers this replica holds.
+    pub fn leases_held(&self, count: usize) {
+        self.leases_held
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts pollers taken over from other replicas.
+    pub fn lease_takeovers(&self, count: usize) {
+        self.lease_takeovers.inc_by(count as u64);
     }
 
     /// Counts a panic caught in `task` (a poll, a delivery, a daemon task).

@@ -16,7 +16,7 @@
 //! The SQLite store (`polld-store-sqlite`) is the first implementation; stores are
 //! registered in the binary ([`StoreRegistry`]), one line each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -84,6 +84,8 @@ pub struct StoredStatus {
     /// Why this poller's oldest waiting change has not been delivered yet, else why its
     /// latest dead letter was refused (`refused: ...`).
     pub last_delivery_error: Option<String>,
+    /// The replica holding this poller, when replicas share the store.
+    pub replica: Option<String>,
 }
 
 /// The outcome of one poll, saved for `polld status` (in batches, not per poll).
@@ -147,6 +149,28 @@ pub trait Store: Send + Sync + 'static {
     async fn upkeep(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// For a store several replicas share: renews this replica's leases and takes or
+    /// hands over pollers so that each replica holds its fair share of `pollers`, each
+    /// lease good for `lease`; returns the pollers this replica holds now. A store one
+    /// process owns keeps this default: `None`, every poller is this process's.
+    async fn balance(
+        &self,
+        _pollers: &[String],
+        _lease: std::time::Duration,
+    ) -> Result<Option<BTreeSet<String>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Hands every lease this replica holds to the others at once (a clean stop).
+    async fn release_all(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Which replica holds each poller (empty for a store one process owns).
+    async fn holders(&self) -> Result<HashMap<String, String>, StoreError> {
+        Ok(HashMap::new())
+    }
 }
 
 /// How often the daemon calls [`Store::upkeep`].
@@ -160,6 +184,9 @@ pub enum Access {
     Exclusive,
     /// `status`, `redeliver`: reading, and changes another process then acts on.
     Shared,
+    /// `run` with a shared database: polling and delivering only the pollers this
+    /// replica holds a lease on, every write checked against it.
+    Replica,
 }
 
 /// A kind of store polld can keep its state in.
@@ -168,6 +195,17 @@ pub trait StoreType: Send + Sync + 'static {
     /// Opens (creating if needed) the store for the state directory `state_dir`. A store
     /// that is not polld's, or is corrupt, is an error: state is never silently reset.
     async fn open(&self, state_dir: &Path, access: Access) -> Result<Arc<dyn Store>, StoreError>;
+
+    /// Opens the database at `url` (`[store] url_env`) as replica `replica`, if this
+    /// kind of store keeps its state there; `None` (the default) when it does not.
+    async fn open_url(
+        &self,
+        _url: &str,
+        _replica: &str,
+        _access: Access,
+    ) -> Result<Option<Arc<dyn Store>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The stores this binary knows. The binary registers them, one line each; the first
@@ -203,6 +241,24 @@ impl StoreRegistry {
             .and_then(|name| self.types.get(name))
             .ok_or_else(|| StoreError::new("this binary has no store registered"))?;
         store.open(state_dir, access).await
+    }
+
+    /// Opens the store whose database `url` names, as replica `replica`.
+    pub async fn open_url(
+        &self,
+        url: &str,
+        replica: &str,
+        access: Access,
+    ) -> Result<Arc<dyn Store>, StoreError> {
+        for store in self.types.values() {
+            if let Some(opened) = store.open_url(url, replica, access).await? {
+                return Ok(opened);
+            }
+        }
+        Err(StoreError::new(format!(
+            "no store of this binary keeps its state at {}",
+            polld_backend::redact::strip_userinfo(url)
+        )))
     }
 }
 

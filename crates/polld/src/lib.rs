@@ -168,8 +168,7 @@ async fn dispatch(
         Command::Status { json } => status::print_status(&config, &plugins, json).await,
         Command::Notify { urls } => Ok(notify::notify(&config, &urls).await),
         Command::Redeliver { poller } => {
-            let state_dir = &config.daemon.state_dir;
-            let store = plugins.stores.open(state_dir, Access::Shared).await?;
+            let store = daemon::open_configured_store(&config, &plugins, Access::Shared).await?;
             let moved = store.redeliver(poller.as_deref()).await?;
             println!(
                 "re-queued {moved} dead-lettered change(s); `polld run` or `polld once` delivers them"

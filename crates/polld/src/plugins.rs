@@ -18,4 +18,7 @@ pub fn plugins() -> Plugins {
         .stores
         .register("sqlite", polld_store_sqlite::Sqlite);
     plugins
+        .stores
+        .register("postgres", polld_store_postgres::Postgres);
+    plugins
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use polld_core::Plugins;
 use polld_core::config::Config;
+use polld_core::daemon::{open_configured_store, with_replicas};
 use polld_core::store::{Access, StoredStatus};
 use serde_json::{Value, json};
 
@@ -59,12 +60,11 @@ pub async fn print_status(
     let names: Vec<String> = config.pollers.iter().map(|p| p.name.clone()).collect();
     // A state directory that does not exist yet means nothing was polled: `status`
     // reads, it does not create.
-    let statuses = if config.daemon.state_dir.exists() {
-        let store = plugins
-            .stores
-            .open(&config.daemon.state_dir, Access::Shared)
-            .await?;
-        store.status(&names).await?
+    let statuses = if config.daemon.state_dir.exists() || config.store.url_env.is_some() {
+        let store = open_configured_store(config, plugins, Access::Shared).await?;
+        let mut statuses = store.status(&names).await?;
+        with_replicas(store.as_ref(), &names, &mut statuses).await?;
+        statuses
     } else {
         vec![StoredStatus::default(); names.len()]
     };
@@ -90,6 +90,9 @@ pub async fn print_status(
         );
         println!("  pending:      {}", status.pending);
         println!("  dead letters: {}", status.dead_letters);
+        if let Some(replica) = &status.replica {
+            println!("  replica:      {replica}");
+        }
         if let Some(error) = &status.last_delivery_error {
             println!("  delivery:     {error}");
         }
@@ -115,6 +118,7 @@ pub fn json(config: &Config, statuses: &[StoredStatus]) -> Value {
                 "pending": status.pending,
                 "dead_letters": status.dead_letters,
                 "last_delivery_error": status.last_delivery_error,
+                "replica": status.replica,
             })
         })
         .collect();

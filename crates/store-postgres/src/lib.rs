@@ -16,9 +16,12 @@
 //! The URL may carry a password: it is never logged, and errors name the database by
 //! [`shown_url`].
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use polld_core::store::{Access, Store, StoreError, StoreType};
 use tokio_postgres::NoTls;
 
 mod error;
@@ -54,6 +57,43 @@ pub enum Fencing {
     /// No lease checks: one process owns every poller (a single `polld run`,
     /// `polld migrate-store`, `status`, `redeliver`, tests of the seam alone).
     Off,
+}
+
+/// The kind of store the binary registers (`plugins.stores.register("postgres",
+/// Postgres)`): chosen when `[store] url_env` names a `postgres://` or `postgresql://`
+/// URL. `polld run` opens it as a replica, fenced by leases; `status` and `redeliver`
+/// unfenced; `polld once` refuses it, since it would poll pollers replicas hold.
+pub struct Postgres;
+
+#[async_trait::async_trait]
+impl StoreType for Postgres {
+    async fn open(&self, _: &Path, _: Access) -> Result<Arc<dyn Store>, StoreError> {
+        Err(StoreError::new(
+            "the PostgreSQL store is opened by its URL ([store] url_env)",
+        ))
+    }
+
+    async fn open_url(
+        &self,
+        url: &str,
+        replica: &str,
+        access: Access,
+    ) -> Result<Option<Arc<dyn Store>>, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Ok(None);
+        }
+        let fencing = match access {
+            Access::Replica => Fencing::On,
+            Access::Shared => Fencing::Off,
+            Access::Exclusive => {
+                return Err(StoreError::new(
+                    "polld once cannot share a database with running replicas (it would poll pollers they hold): use POST /poll/{name} on a replica",
+                ));
+            }
+        };
+        let store = PostgresStore::connect(url, replica, fencing).await?;
+        Ok(Some(Arc::new(store)))
+    }
 }
 
 /// The PostgreSQL store of one replica. Clones share the pool.

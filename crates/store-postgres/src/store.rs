@@ -384,6 +384,22 @@ impl Store for PostgresStore {
         Ok(self.read_cursors().await?)
     }
 
+    async fn balance(
+        &self,
+        pollers: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, StoreError> {
+        PostgresStore::balance(self, pollers, lease).await.map(Some)
+    }
+
+    async fn release_all(&self) -> Result<(), StoreError> {
+        PostgresStore::release_all(self).await
+    }
+
+    async fn holders(&self) -> Result<HashMap<String, String>, StoreError> {
+        PostgresStore::holders(self).await
+    }
+
     async fn commit_poll(
         &self,
         poller: &str,

@@ -443,6 +443,7 @@ impl Database {
                 pending: pending as u64,
                 dead_letters: dead_letters as u64,
                 last_delivery_error,
+                replica: None,
             });
         }
         Ok(statuses)
@@ -601,7 +602,7 @@ impl SqliteStore {
     /// directory's lock (failing at once if another polld has it).
     pub fn open(state_dir: &Path, access: Access) -> Result<SqliteStore, SqliteError> {
         let lock = match access {
-            Access::Exclusive => Some(Arc::new(StateLock::acquire(state_dir)?)),
+            Access::Exclusive | Access::Replica => Some(Arc::new(StateLock::acquire(state_dir)?)),
             Access::Shared => None,
         };
         Ok(SqliteStore {
