@@ -1,6 +1,9 @@
 //! End-to-end: several `polld run` replicas sharing one real PostgreSQL
-//! (`[store] url_env`): the pollers spread evenly, every change arrives, and a replica
-//! killed with `kill -9` loses its pollers to the others within two leases.
+//! (`[store] url_env`), one-hour intervals: the pollers spread evenly; `/notify` and
+//! `polld notify` reach a poller whichever replica holds it; a replica killed with
+//! `kill -9` loses its pollers to the others within two leases, which poll them at
+//! once; the database going away and coming back loses nothing; a new replica takes
+//! its share. Every change arrives, none is invented.
 
 // Tests may unwrap: a panic is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -30,7 +33,7 @@ fn start_replica(database: &str, sink: &str, pollers: &str) -> Replica {
     let polld = Polld::with_config(&format!(
         "[daemon]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\n\n\
          [store]\nurl_env = \"POLLD_DATABASE_URL\"\nlease = \"2s\"\n\n\
-         [defaults]\ninterval = \"1s\"\njitter = \"0s\"\n\n{sink}\n{pollers}"
+         [defaults]\ninterval = \"1h\"\njitter = \"0s\"\n\n{sink}\n{pollers}"
     ));
     let run = polld.spawn_run(&[("POLLD_DATABASE_URL", database)]);
     Replica { polld, port, run }
@@ -78,9 +81,35 @@ fn revisions(receiver: &WebhookReceiver) -> Vec<String> {
         .collect()
 }
 
+/// Commits to every repository; the new revisions.
+fn commit_all(repos: &[RemotePair], round: &str) -> Vec<String> {
+    repos
+        .iter()
+        .map(|pair| {
+            let sha = pair.work.commit(&format!("{round}.txt"), "x\n", round);
+            pair.work.push(&["main"]);
+            sha
+        })
+        .collect()
+}
+
+/// `POST /notify` for every repository, to the replica on `port`.
+fn notify_all(port: u16, repos: &[RemotePair]) {
+    for pair in repos {
+        let path = format!("/notify?repo={}", pair.repo());
+        let (code, body) = http::control(port, "POST", &path, None);
+        assert_eq!(code, 202, "{body}");
+    }
+}
+
+fn arrived(receiver: &WebhookReceiver, shas: &[String]) -> bool {
+    let delivered = revisions(receiver);
+    shas.iter().all(|sha| delivered.contains(sha))
+}
+
 #[test]
 fn replicas_share_the_pollers_and_take_over_from_a_killed_one() {
-    let database = PgServer::start();
+    let mut database = PgServer::start();
     let receiver = WebhookReceiver::start(&[], 200);
     let sink = format!("[sink]\ntype = \"webhook\"\nurl = \"{}\"\n", receiver.url());
     let repos: Vec<RemotePair> = (0..POLLERS)
@@ -100,22 +129,19 @@ fn replicas_share_the_pollers_and_take_over_from_a_killed_one() {
                 && holders(a.port).len() == POLLERS
                 && spread(&holders(a.port)) == [3, 3]
         });
+    // Each replica polled what it took (the first poll records where each remote is).
+    std::thread::sleep(Duration::from_secs(2));
 
-    // Every repository moves: each change arrives once, from whichever replica holds it.
-    let mut pushed: Vec<String> = repos
-        .iter()
-        .map(|pair| {
-            let sha = pair.work.commit("a.txt", "a\n", "first round");
-            pair.work.push(&["main"]);
-            sha
-        })
-        .collect();
-    wait_until(WAIT, "the first round of changes", || {
-        pushed.iter().all(|sha| revisions(&receiver).contains(sha))
+    // Intervals are an hour: a change arrives when somebody says so. Told through one
+    // replica, which holds half the pollers: the other half are polled by the other.
+    let mut pushed = commit_all(&repos, "first");
+    notify_all(a.port, &repos);
+    wait_until(WAIT, "the changes told through one replica", || {
+        arrived(&receiver, &pushed)
     });
 
-    // kill -9 one replica: the other takes its pollers within two leases, and the
-    // changes made meanwhile arrive.
+    // kill -9 one replica: the other takes its pollers within two leases and polls them
+    // at once.
     let a_name = format!("-{}", a.run.pid());
     let a_held = holders(b.port)
         .values()
@@ -123,41 +149,52 @@ fn replicas_share_the_pollers_and_take_over_from_a_killed_one() {
         .count();
     assert_eq!(a_held, POLLERS / 2, "replicas are named host-pid");
     a.run.kill9();
-    let second: Vec<String> = repos
-        .iter()
-        .map(|pair| {
-            let sha = pair.work.commit("b.txt", "b\n", "while a replica is dead");
-            pair.work.push(&["main"]);
-            sha
-        })
-        .collect();
+    let second = commit_all(&repos, "second");
     wait_until(WAIT, "b to hold every poller", || {
         spread(&holders(b.port)) == [POLLERS]
     });
-    wait_until(WAIT, "the changes made while a replica was dead", || {
-        second.iter().all(|sha| revisions(&receiver).contains(sha))
+    // Its own pollers learn of the change when told; those it took were polled when
+    // taken.
+    notify_all(b.port, &repos);
+    wait_until(WAIT, "the changes made while a replica died", || {
+        arrived(&receiver, &second)
     });
     pushed.extend(second);
 
-    // A third replica takes its share from the survivor.
+    // The database goes away: /healthz says why; when it is back, nothing made
+    // meanwhile is lost.
+    database.stop();
+    wait_until(WAIT, "/healthz to say the leases cannot be renewed", || {
+        let (code, body) = http::control(b.port, "GET", "/healthz", None);
+        code == 503 && body.contains("cannot renew leases")
+    });
+    let third = commit_all(&repos, "third");
+    database.start_again();
+    wait_until(WAIT, "/healthz to recover", || {
+        http::control(b.port, "GET", "/healthz", None).0 == 200
+    });
+    notify_all(b.port, &repos);
+    wait_until(WAIT, "the changes made while the database was down", || {
+        arrived(&receiver, &third)
+    });
+    pushed.extend(third);
+
+    // A new replica takes its share from the survivor; `polld notify` through it
+    // reaches every poller.
     let c = start_replica(&database.url(), &sink, &pollers);
     wait_until(WAIT, "an even split again", || {
         TcpStream::connect(("127.0.0.1", c.port)).is_ok() && spread(&holders(b.port)) == [3, 3]
     });
-    let third: Vec<String> = repos
-        .iter()
-        .map(|pair| {
-            let sha = pair
-                .work
-                .commit("c.txt", "c\n", "after the third replica came");
-            pair.work.push(&["main"]);
-            sha
-        })
-        .collect();
-    wait_until(WAIT, "the third round of changes", || {
-        third.iter().all(|sha| revisions(&receiver).contains(sha))
+    std::thread::sleep(Duration::from_secs(2));
+    let fourth = commit_all(&repos, "fourth");
+    let urls: Vec<String> = repos.iter().map(RemotePair::repo).collect();
+    let mut notify = vec!["notify"];
+    notify.extend(urls.iter().map(String::as_str));
+    c.polld.run(&notify).expect_code(0);
+    wait_until(WAIT, "the changes told through the new replica", || {
+        arrived(&receiver, &fourth)
     });
-    pushed.extend(third);
+    pushed.extend(fourth);
 
     // Nothing lost, nothing invented; a change repeated only by a takeover.
     let delivered = revisions(&receiver);
@@ -178,5 +215,4 @@ fn replicas_share_the_pollers_and_take_over_from_a_killed_one() {
         repeated <= POLLERS,
         "at most the change in flight per poller is repeated on a takeover: {counts:?}"
     );
-    drop(a.polld);
 }

@@ -123,8 +123,24 @@ impl Control {
             .filter(|p| wanted.contains(&repo_key(&p.repo, &dir)))
             .map(|p| p.name.clone())
             .collect();
+        let elsewhere: Vec<String> = matching
+            .iter()
+            .filter(|name| !self.holding.holds(name))
+            .cloned()
+            .collect();
         for name in &matching {
-            self.scheduler.force(name);
+            if self.holding.holds(name) {
+                self.scheduler.force(name);
+            }
+        }
+        if !elsewhere.is_empty() {
+            // Held by other replicas: ask them through the store.
+            let store = Arc::clone(&self.store);
+            tokio::spawn(async move {
+                if let Err(error) = store.request_polls(&elsewhere).await {
+                    tracing::warn!(%error, pollers = ?elsewhere, "cannot ask the replicas holding these pollers to poll; their regular polls will");
+                }
+            });
         }
         matching
     }
@@ -293,6 +309,7 @@ pub async fn run(
         holding,
         engine: Arc::clone(&engine),
         queued: Arc::clone(&queued),
+        scheduler: control.scheduler.clone(),
         metrics: Arc::clone(&metrics),
         lease,
         pollers: {
@@ -309,6 +326,20 @@ pub async fn run(
             })
         },
     };
+    // Poll requests other replicas relay (a shared store only).
+    let requests = control.store.poll_requests().map(|mut requests| {
+        let control = Arc::downgrade(&control);
+        tokio::spawn(async move {
+            while let Some(poller) = requests.recv().await {
+                let Some(control) = control.upgrade() else {
+                    return;
+                };
+                if control.holding.holds(&poller) {
+                    control.scheduler.force(&poller);
+                }
+            }
+        })
+    });
     let leases = tokio::spawn({
         let stop = shutdown.clone();
         supervise(
@@ -339,6 +370,9 @@ pub async fn run(
     let _ = status_saver.await;
     let _ = upkeep.await;
     let _ = leases.await;
+    if let Some(requests) = requests {
+        requests.abort();
+    }
     engine.save_poll_records().await;
     // Give the sink a last chance to take what the final polls queued.
     stop_delivery.cancel();

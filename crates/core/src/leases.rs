@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::QueuedSignal;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 
 /// The pollers this process may poll and deliver.
@@ -92,6 +93,9 @@ pub struct LeaseKeeper {
     pub holding: Arc<Holding>,
     pub engine: Arc<Engine>,
     pub queued: Arc<QueuedSignal>,
+    /// To poll a poller at once when it is taken: the replica it came from may have
+    /// missed changes, and its schedule here may be an interval away.
+    pub scheduler: SchedulerHandle,
     pub metrics: Arc<Metrics>,
     pub lease: Duration,
     /// The configured pollers' names, read again every round (a reload changes them).
@@ -138,6 +142,7 @@ pub async fn keep_leases(keeper: LeaseKeeper, shutdown: CancellationToken) {
                     }
                     for poller in &gained {
                         keeper.queued.queued(poller);
+                        keeper.scheduler.force(poller);
                     }
                 }
                 first_round = false;

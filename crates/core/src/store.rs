@@ -171,6 +171,18 @@ pub trait Store: Send + Sync + 'static {
     async fn holders(&self) -> Result<HashMap<String, String>, StoreError> {
         Ok(HashMap::new())
     }
+
+    /// Asks whichever replica holds each of `pollers` to poll it now (a store one
+    /// process owns: there is no other replica to ask).
+    async fn request_polls(&self, _pollers: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The poll requests replicas announce with [`Store::request_polls`], as poller
+    /// names; `None` for a store one process owns.
+    fn poll_requests(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        None
+    }
 }
 
 /// How often the daemon calls [`Store::upkeep`].

@@ -26,6 +26,7 @@ use tokio_postgres::NoTls;
 
 mod error;
 mod leases;
+mod requests;
 mod schema;
 mod store;
 
@@ -102,6 +103,8 @@ pub struct PostgresStore {
     pool: Pool,
     replica: String,
     fencing: Fencing,
+    /// For the one connection outside the pool that listens for poll requests.
+    config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -125,7 +128,7 @@ impl PostgresStore {
     ) -> Result<PostgresStore, PostgresError> {
         let config = connection_config(url, replica)?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 // A broken connection shows on its next query, which fails that store
@@ -149,6 +152,7 @@ impl PostgresStore {
             pool,
             replica: replica.to_owned(),
             fencing,
+            config,
         };
         let mut client = store.pool.get().await.map_err(|error| {
             let reason = polld_backend::one_line(&error);

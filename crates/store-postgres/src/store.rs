@@ -400,6 +400,14 @@ impl Store for PostgresStore {
         PostgresStore::holders(self).await
     }
 
+    async fn request_polls(&self, pollers: &[String]) -> Result<(), StoreError> {
+        Ok(PostgresStore::request_polls(self, pollers).await?)
+    }
+
+    fn poll_requests(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        Some(PostgresStore::poll_requests(self))
+    }
+
     async fn commit_poll(
         &self,
         poller: &str,
