@@ -216,3 +216,71 @@ fn replicas_share_the_pollers_and_take_over_from_a_killed_one() {
         "at most the change in flight per poller is repeated on a takeover: {counts:?}"
     );
 }
+
+#[test]
+fn migrate_store_copies_cursors_queued_changes_and_dead_letters() {
+    let database = PgServer::start();
+    let pair = RemotePair::with_initial_commit();
+    // The sink refuses the first change (a dead letter) and is down for the rest.
+    let refusing = WebhookReceiver::start(&[400], 503);
+    let config = |sink_url: &str, store: &str| {
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n\n{store}\n[sink]\ntype = \"webhook\"\nurl = \"{sink_url}\"\n\n{}",
+            git_poller("app", &pair.repo(), "")
+        )
+    };
+    let mut polld = Polld::with_config(&config(&refusing.url(), ""));
+    polld.once(&[]).expect_code(0);
+    let shas: Vec<String> = (0..3)
+        .map(|i| {
+            pair.work
+                .commit(&format!("{i}.txt"), "x\n", &format!("change {i}"))
+        })
+        .collect();
+    pair.work.push(&["main"]);
+    polld.once(&[]).expect_code(1);
+    let before = polld.status_of("app");
+    assert_eq!(
+        (before["pending"].as_u64(), before["dead_letters"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // Into PostgreSQL: the same state, seen through the database.
+    let accepting = WebhookReceiver::start(&[], 200);
+    let shared = "[store]\nurl_env = \"POLLD_DATABASE_URL\"\n";
+    polld.write_config(&config(&accepting.url(), shared));
+    polld
+        .env
+        .push(("POLLD_DATABASE_URL".to_owned(), database.url()));
+    let out = polld.run(&["migrate-store"]);
+    out.expect_code(0);
+    assert!(
+        out.stdout
+            .contains("copied 1 cursor(s), 2 queued change(s) and 1 dead letter(s)"),
+        "{}",
+        out.describe()
+    );
+    let after = polld.status_of("app");
+    assert_eq!(after["cursor"], before["cursor"]);
+    assert_eq!(
+        (after["pending"].as_u64(), after["dead_letters"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // Only into an empty store.
+    let again = polld.run(&["migrate-store"]);
+    again.expect_code(1);
+    assert!(again.stderr.contains("not empty"), "{}", again.describe());
+
+    // A replica delivers what was queued, and the dead letter after `redeliver`, in order.
+    let mut replica = polld.spawn_run(&[]);
+    wait_until(WAIT, "the queued changes", || {
+        accepting.received().len() == 2
+    });
+    polld.run(&["redeliver"]).expect_code(0);
+    replica.wait_for(WAIT, "the redelivered change", || {
+        accepting.received().len() == 3
+    });
+    let delivered: Vec<String> = revisions(&accepting);
+    assert_eq!(delivered[..2], shas[1..]);
+    assert_eq!(delivered[2], shas[0]);
+}

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod leases;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod plugins;
 pub mod private;

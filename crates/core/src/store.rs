@@ -72,6 +72,16 @@ pub struct Queued {
     pub change: Change,
 }
 
+/// A change the sink refused, kept out of the outbox until `redeliver`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Its place in the outbox, kept for when it goes back.
+    pub seq: i64,
+    pub change: Change,
+    /// Why the sink refused it.
+    pub error: String,
+}
+
 /// What `polld status` shows for one poller, as far as the store knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredStatus {
@@ -128,6 +138,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a change the sink refused out of the outbox, so it blocks nothing.
     async fn dead_letter(&self, seq: i64, error: &str) -> Result<(), StoreError>;
+
+    /// Every dead letter, oldest place first (for `polld migrate-store`).
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Puts dead letters (of one poller, or all) back in the outbox at their original
     /// places. Returns how many.

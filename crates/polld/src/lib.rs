@@ -71,6 +71,9 @@ enum Command {
         #[arg(long)]
         poller: Option<String>,
     },
+    /// Copy the state directory's store (cursors, queued changes, dead letters) into
+    /// the empty database [store] url_env names
+    MigrateStore,
     /// Ask the running daemon to poll every poller of these repositories now (for svn,
     /// hg and git servers' hooks)
     Notify {
@@ -167,6 +170,14 @@ async fn dispatch(
         Command::Once { names } => once(&config, &plugins, &names).await,
         Command::Status { json } => status::print_status(&config, &plugins, json).await,
         Command::Notify { urls } => Ok(notify::notify(&config, &urls).await),
+        Command::MigrateStore => {
+            let migrated = polld_core::migrate::migrate_store(&config, &plugins).await?;
+            println!(
+                "copied {} cursor(s), {} queued change(s) and {} dead letter(s) into the database",
+                migrated.cursors, migrated.queued, migrated.dead_letters
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Redeliver { poller } => {
             let store = daemon::open_configured_store(&config, &plugins, Access::Shared).await?;
             let moved = store.redeliver(poller.as_deref()).await?;

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use polld_backend::Cursor;
 use polld_core::model::Change;
 use polld_core::store::{
-    PollRecord, Queued, Store, StoreError, StoredCursor, StoredStatus, unix_now,
+    DeadLetter, PollRecord, Queued, Store, StoreError, StoredCursor, StoredStatus, unix_now,
 };
 use tokio_postgres::{IsolationLevel, Transaction};
 
@@ -143,6 +143,25 @@ impl PostgresStore {
                 Ok(Queued {
                     seq: row.get(0),
                     change: serde_json::from_str(row.get(1))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_dead_letters(&self) -> Result<Vec<DeadLetter>, PostgresError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, change, error FROM dead_letters ORDER BY seq",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    seq: row.get(0),
+                    change: serde_json::from_str(row.get(1))?,
+                    error: row.get(2),
                 })
             })
             .collect()
@@ -436,6 +455,10 @@ impl Store for PostgresStore {
 
     async fn dead_letter(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         Ok(self.move_to_dead_letters(seq, error).await?)
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self.read_dead_letters().await?)
     }
 
     async fn redeliver(&self, poller: Option<&str>) -> Result<usize, StoreError> {

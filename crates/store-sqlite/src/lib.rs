@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use polld_backend::Cursor;
 use polld_core::model::Change;
 use polld_core::store::{
-    Access, PollRecord, Queued, Store, StoreError, StoreType, StoredCursor, StoredStatus, unix_now,
+    Access, DeadLetter, PollRecord, Queued, Store, StoreError, StoreType, StoredCursor,
+    StoredStatus, unix_now,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -308,6 +309,30 @@ impl Database {
             });
         }
         Ok(queued)
+    }
+
+    /// Every dead letter, by place.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SqliteError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached("SELECT seq, change, error FROM dead_letters ORDER BY seq")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut letters = Vec::new();
+        for row in rows {
+            let (seq, change, error) = row?;
+            letters.push(DeadLetter {
+                seq,
+                change: serde_json::from_str(&change)?,
+                error,
+            });
+        }
+        Ok(letters)
     }
 
     /// Removes changes the sink acknowledged.
@@ -669,6 +694,10 @@ impl Store for SqliteStore {
     async fn dead_letter(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_owned();
         self.run(move |db| db.dead_letter(seq, &error)).await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.run(|db| db.dead_letters()).await
     }
 
     async fn redeliver(&self, poller: Option<&str>) -> Result<usize, StoreError> {

@@ -206,6 +206,16 @@ pub async fn dead_letters_block_nothing_and_go_back_to_their_place(store: Arc<dy
         revisions(&store.peek("app", 10).await.expect("peek")),
         ["b", "c"]
     );
+    let letters = store.dead_letters().await.expect("dead_letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (
+            letters[0].seq,
+            letters[0].change.revision.as_str(),
+            letters[0].error.as_str()
+        ),
+        (queued[0].seq, "a", "HTTP 400")
+    );
     let status = store.status(&["app".to_owned()]).await.expect("status");
     assert_eq!((status[0].pending, status[0].dead_letters), (2, 1));
     assert_eq!(
@@ -225,6 +235,7 @@ pub async fn dead_letters_block_nothing_and_go_back_to_their_place(store: Arc<dy
     );
     let status = store.status(&["app".to_owned()]).await.expect("status");
     assert_eq!(status[0].dead_letters, 0);
+    assert!(store.dead_letters().await.expect("dead_letters").is_empty());
 }
 
 pub async fn status_says_what_the_store_knows(store: Arc<dyn Store>) {
