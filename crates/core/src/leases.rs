@@ -27,6 +27,10 @@ use crate::store::Store;
 pub struct Holding {
     /// `None`: every poller (a store one process owns).
     held: Mutex<Option<BTreeSet<String>>>,
+    /// When the leases behind `held` run out unless renewed: `lease` after the round
+    /// that renewed them *started*. Past it nothing is held, even before the next round
+    /// says so (a replica stopped by SIGSTOP wakes up holding nothing).
+    valid_until: Mutex<Option<std::time::Instant>>,
     /// Why this replica cannot renew its leases right now (the database is
     /// unreachable), for `/healthz`.
     trouble: Mutex<Option<String>>,
@@ -34,9 +38,16 @@ pub struct Holding {
 
 impl Holding {
     pub fn holds(&self, poller: &str) -> bool {
-        self.lock()
-            .as_ref()
-            .is_none_or(|held| held.contains(poller))
+        let valid = self
+            .valid_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|until| std::time::Instant::now() < until);
+        valid
+            && self
+                .lock()
+                .as_ref()
+                .is_none_or(|held| held.contains(poller))
     }
 
     /// Holds no poller until the first lease round says which (a replica starting).
@@ -66,6 +77,18 @@ impl Holding {
         };
         *current = Some(held);
         gained
+    }
+
+    /// Whether the leases held ran out before they were renewed.
+    fn lapsed(&self) -> bool {
+        self.valid_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| std::time::Instant::now() >= until)
+    }
+
+    fn valid_until(&self, until: std::time::Instant) {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
     }
 
     /// Stops holding `pollers` (until a later round gives them again).
@@ -120,7 +143,13 @@ pub async fn keep_leases(keeper: LeaseKeeper, shutdown: CancellationToken) {
             Ok(None) => return,
             Ok(Some(held)) => {
                 let count = held.len();
+                // Leases that ran out since the last round may have been another
+                // replica's meanwhile: every poller held now counts as taken again.
+                if keeper.holding.lapsed() {
+                    keeper.holding.hold_nothing();
+                }
                 let gained = keeper.holding.set(held);
+                keeper.holding.valid_until(started.into_std() + keeper.lease);
                 keeper.holding.set_trouble(None);
                 last_renewed = Some(started);
                 keeper.metrics.leases_held(count);
@@ -199,5 +228,16 @@ mod tests {
         assert_eq!(gained, ["c"]);
         assert!(!holding.holds("a"));
         assert_eq!(holding.count(), Some(2));
+    }
+
+    #[test]
+    fn nothing_is_held_once_the_leases_ran_out() {
+        let holding = Holding::default();
+        holding.set(BTreeSet::from(["a".to_owned()]));
+        holding.valid_until(std::time::Instant::now() + Duration::from_secs(60));
+        assert!(holding.holds("a") && !holding.lapsed());
+        holding.valid_until(std::time::Instant::now() - Duration::from_millis(1));
+        assert!(!holding.holds("a"), "a paused replica wakes up holding nothing");
+        assert!(holding.lapsed());
     }
 }
