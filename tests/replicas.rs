@@ -156,6 +156,20 @@ fn replicas_share_the_pollers_and_take_over_from_a_killed_one() {
     wait_until(WAIT, "b to hold every poller", || {
         spread(&holders(b.port)) == [POLLERS]
     });
+    let metrics = http::control(b.port, "GET", "/metrics", None).1;
+    let value = |name: &str| -> usize {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(value("polld_leases_held "), POLLERS, "{metrics}");
+    // The three of the killed replica at least (more if b took some from a as both
+    // started).
+    assert!(
+        value("polld_lease_takeovers_total ") >= POLLERS / 2,
+        "{metrics}"
+    );
     // Its own pollers learn of the change when told; those it took were polled when
     // taken.
     notify_all(b.port, &repos);

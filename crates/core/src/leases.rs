@@ -149,7 +149,9 @@ pub async fn keep_leases(keeper: LeaseKeeper, shutdown: CancellationToken) {
                     keeper.holding.hold_nothing();
                 }
                 let gained = keeper.holding.set(held);
-                keeper.holding.valid_until(started.into_std() + keeper.lease);
+                keeper
+                    .holding
+                    .valid_until(started.into_std() + keeper.lease);
                 keeper.holding.set_trouble(None);
                 last_renewed = Some(started);
                 keeper.metrics.leases_held(count);
@@ -237,7 +239,10 @@ mod tests {
         holding.valid_until(std::time::Instant::now() + Duration::from_secs(60));
         assert!(holding.holds("a") && !holding.lapsed());
         holding.valid_until(std::time::Instant::now() - Duration::from_millis(1));
-        assert!(!holding.holds("a"), "a paused replica wakes up holding nothing");
+        assert!(
+            !holding.holds("a"),
+            "a paused replica wakes up holding nothing"
+        );
         assert!(holding.lapsed());
     }
 }
