@@ -2,7 +2,9 @@
 //! command sequence Buildbot's GitPoller runs per poll and a plain `git ls-remote`; the
 //! cost of a repository with very many refs; and the real daemon at scale (CPU, memory,
 //! how polls spread over time, commit-to-sink latency); and, with `--hooks`, push
-//! notifications: push → change in a Buildbot master, and the webhook endpoint's cost.
+//! notifications: push → change in a Buildbot master, and the webhook endpoint's cost;
+//! and, with `--replicas`, replicas sharing one PostgreSQL: store operations, takeover
+//! after `kill -9`, and 10,000 pollers over 3 replicas.
 //!
 //! Everything runs on 127.0.0.1 against a fixture the benchmark builds itself (N bare
 //! repositories served by `git daemon`). `polld-bench --help` lists the knobs; the
@@ -13,7 +15,9 @@ mod fixture;
 mod hooks;
 mod inproc;
 mod once;
+mod pgstat;
 mod procs;
+mod replicas;
 mod report;
 mod soak;
 mod transports;
@@ -30,6 +34,10 @@ pub use crate::daemon::{DaemonResult, Latency};
 pub use crate::hooks::{EndpointRow, HooksReport, PushRow, VerifyRow};
 pub use crate::inproc::PollStats;
 pub use crate::once::OnceResult;
+pub use crate::pgstat::{Delta, Writes};
+pub use crate::replicas::{
+    IdleRun, ReplicasReport, ScaleReplica, ScaleRun, StoreOpsRow, TakeoverRun,
+};
 pub use crate::report::{RefsResult, Report};
 pub use crate::soak::{Sample, SoakReport};
 pub use crate::transports::TransportRow;
@@ -122,6 +130,32 @@ pub struct Options {
     /// Seconds of each load on the hook endpoint in --hooks
     #[arg(long, default_value_t = 10)]
     pub hook_seconds: u64,
+    /// Run only the replicas benchmark (issue 17), against a throwaway PostgreSQL:
+    /// store operations per change on SQLite and PostgreSQL and what a replica's
+    /// no-change polls write; the takeover time after `kill -9` of one of two replicas;
+    /// --replica-pollers git pollers every --interval over 3 replicas (CPU, memory,
+    /// balance, database load)
+    #[arg(long)]
+    pub replicas: bool,
+    /// Git pollers of the --replicas scale run (3 replicas, lease 15s); 0 skips it
+    #[arg(long, default_value_t = 10_000)]
+    pub replica_pollers: usize,
+    /// Seconds the --replicas scale run is measured for, once its launch has settled;
+    /// 0 skips it
+    #[arg(long, default_value_t = 120)]
+    pub replica_seconds: u64,
+    /// `kill -9` rounds of the --replicas takeover (2 replicas, 20 pollers, lease 2s);
+    /// 0 skips it
+    #[arg(long, default_value_t = 10)]
+    pub takeover_runs: usize,
+    /// Changes committed and delivered per store in --replicas (after 20 untimed); 0
+    /// skips the store operations
+    #[arg(long, default_value_t = 1000)]
+    pub store_ops: usize,
+    /// Seconds of the --replicas no-change run (one replica, 100 pollers every 2s);
+    /// 0 skips it
+    #[arg(long, default_value_t = 20)]
+    pub idle_seconds: u64,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +189,13 @@ pub fn hooks(options: &Options) -> Result<HooksReport> {
     let (_temp, root) = work_dir(options)?;
     let polld = locate_polld(options)?;
     hooks::run(options, &polld, &root)
+}
+
+/// Runs the replicas benchmark (`--replicas`) and returns its results.
+pub fn replicas(options: &Options) -> Result<ReplicasReport> {
+    let (_temp, root) = work_dir(options)?;
+    let polld = locate_polld(options)?;
+    replicas::run(options, &polld, &root)
 }
 
 /// `--work-dir`, which must be empty, else a temporary directory (removed on drop).

@@ -6,7 +6,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let options = polld_bench::Options::parse();
-    let result = if options.hooks {
+    let result = if options.replicas {
+        polld_bench::replicas(&options).map(|report| (report.markdown(), report.problems()))
+    } else if options.hooks {
         polld_bench::hooks(&options).map(|report| (report.markdown(), report.problems()))
     } else if options.soak_minutes > 0 {
         polld_bench::soak(&options).map(|report| (report.markdown(), report.problems()))

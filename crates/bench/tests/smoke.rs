@@ -106,3 +106,51 @@ fn a_small_hooks_run_is_correct() {
     assert_eq!(report.verify.len(), 3);
     assert!(report.endpoint.iter().all(|row| row.answered > 0));
 }
+
+#[test]
+fn a_small_replicas_run_is_correct() {
+    let options = Options::parse_from([
+        "polld-bench",
+        "--replicas",
+        "--store-ops",
+        "20",
+        "--idle-seconds",
+        "4",
+        "--takeover-runs",
+        "2",
+        "--replica-pollers",
+        "30",
+        "--replica-seconds",
+        "3",
+        "--interval",
+        "5s",
+        "--seed",
+        "7",
+    ]);
+    let report = polld_bench::replicas(&options).expect("the replicas benchmark runs");
+    let markdown = report.markdown();
+    println!("{markdown}");
+    assert_eq!(report.problems(), Vec::<String>::new());
+    let stores: Vec<&str> = report.store_ops.iter().map(|row| row.store).collect();
+    assert_eq!(stores.len(), 3, "{stores:?}");
+    assert!(report.store_ops.iter().all(|row| row.commit_ms.len() == 20));
+    let idle = report.idle.as_ref().expect("the no-change run ran");
+    assert!(idle.polls_ok >= 100, "every poller polled: {idle:?}");
+    assert_eq!(idle.poll_rows(), 0);
+    let takeover = report.takeover.as_ref().expect("the takeover ran");
+    assert_eq!(takeover.seconds.len(), 2);
+    let scale = report.scale.as_ref().expect("the scale run ran");
+    assert_eq!(scale.replicas.len(), 3);
+    assert_eq!(scale.replicas.iter().map(|r| r.held).sum::<usize>(), 30);
+    for heading in [
+        "### Store operations per change",
+        "### No-change polls on PostgreSQL",
+        "### Takeover after `kill -9`",
+        "### 30 git pollers over 3 replicas",
+    ] {
+        assert!(
+            markdown.contains(heading),
+            "missing {heading:?} in:\n{markdown}"
+        );
+    }
+}
