@@ -689,3 +689,70 @@ fn state_is_private_to_its_owner() {
         "mirrors live inside the private state dir"
     );
 }
+
+/// `polld completions SHELL` and `polld man` describe the command line itself: they
+/// need no config, and what they print is what the shells and `man` accept.
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(polld_bin());
+        cmd.current_dir(dir.path())
+            .env_remove("POLLD_CONFIG")
+            .args(args);
+        run_bounded(cmd)
+    };
+    let bash = run(&["completions", "bash"]);
+    bash.expect_code(0);
+    // bash itself loads the script and registers the completion.
+    let script = dir.path().join("polld.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    let registered = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p polld", script.display()))
+        .output()
+        .unwrap();
+    assert!(
+        registered.status.success()
+            && String::from_utf8_lossy(&registered.stdout).contains("polld"),
+        "{registered:?}"
+    );
+    for subcommand in ["run", "check", "once", "status", "notify", "migrate-store"] {
+        assert!(bash.stdout.contains(subcommand), "bash lacks {subcommand}");
+    }
+    let zsh = run(&["completions", "zsh"]);
+    zsh.expect_code(0);
+    assert!(
+        zsh.stdout.starts_with("#compdef polld"),
+        "{}",
+        zsh.describe()
+    );
+    let fish = run(&["completions", "fish"]);
+    fish.expect_code(0);
+    assert!(
+        fish.stdout.contains("complete -c polld"),
+        "{}",
+        fish.describe()
+    );
+    run(&["completions", "tcsh"]).expect_code(2);
+
+    let man = run(&["man"]);
+    man.expect_code(0);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH polld"),
+        "{}",
+        man.describe()
+    );
+    for section in [
+        ".SH NAME",
+        ".SH SYNOPSIS",
+        ".SH SUBCOMMANDS",
+        "migrate\\-store",
+    ] {
+        assert!(
+            man.stdout.contains(section),
+            "man page lacks {section}:\n{}",
+            man.stdout
+        );
+    }
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use polld_core::Plugins;
 use polld_core::config::{self, Config};
 use polld_core::daemon::{self, Control, ReloadSummary};
@@ -74,6 +74,10 @@ enum Command {
     /// Copy the state directory's store (cursors, queued changes, dead letters) into
     /// the empty database [store] url_env names
     MigrateStore,
+    /// Print the shell completion script for bash, zsh or fish (needs no config)
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, roff (needs no config): `polld man > polld.1`
+    Man,
     /// Ask the running daemon to poll every poller of these repositories now (for svn,
     /// hg and git servers' hooks)
     Notify {
@@ -94,6 +98,12 @@ pub fn main(plugins: Plugins) -> ExitCode {
     polld_core::private::restrict_umask();
     memory::limit_arenas();
     let cli = Cli::parse();
+    // What describes the command line itself needs no config.
+    match &cli.command {
+        Some(Command::Completions { shell }) => return print_completions(*shell),
+        Some(Command::Man) => return print_man_page(),
+        _ => {}
+    }
     logging::init(cli.log_format);
     let config_path = cli.config.clone();
     let loader_plugins = plugins.clone();
@@ -129,6 +139,27 @@ pub fn main(plugins: Plugins) -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("polld: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// The completion script for `shell`, generated from the command line's definition.
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    clap_complete::generate(shell, &mut Cli::command(), "polld", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// The man page, `polld(1)`, generated from the command line's definition.
+fn print_man_page() -> ExitCode {
+    let mut page = Vec::new();
+    let rendered = clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &page));
+    match rendered {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("polld: cannot write the man page: {error}");
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -170,6 +201,8 @@ async fn dispatch(
         Command::Once { names } => once(&config, &plugins, &names).await,
         Command::Status { json } => status::print_status(&config, &plugins, json).await,
         Command::Notify { urls } => Ok(notify::notify(&config, &urls).await),
+        Command::Completions { shell } => Ok(print_completions(shell)),
+        Command::Man => Ok(print_man_page()),
         Command::MigrateStore => {
             let migrated = polld_core::migrate::migrate_store(&config, &plugins).await?;
             println!(
