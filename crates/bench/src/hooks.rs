@@ -160,31 +160,24 @@ impl HooksReport {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for row in &self.pushes {
-            if !row.missing.is_empty() {
-                problems.push(format!(
-                    "{}: {} of {} pushes never reached the master: {:?}",
-                    row.transport,
-                    row.missing.len(),
-                    row.pushes,
-                    row.missing
-                ));
-            }
-            if !row.duplicates.is_empty() {
-                problems.push(format!(
-                    "{}: {} pushes reached the master more than once: {:?}",
-                    row.transport,
-                    row.duplicates.len(),
-                    row.duplicates
-                ));
-            }
-            if !row.notify_errors.is_empty() {
-                problems.push(format!(
-                    "{}: {} notifications failed: {:?}",
-                    row.transport,
-                    row.notify_errors.len(),
-                    row.notify_errors
-                ));
-            }
+            let mut report = |list: &[String], what: String| {
+                if !list.is_empty() {
+                    problems.push(format!(
+                        "{}: {} {what}: {list:?}",
+                        row.transport,
+                        list.len()
+                    ));
+                }
+            };
+            report(
+                &row.missing,
+                format!("of {} pushes never reached the master", row.pushes),
+            );
+            report(
+                &row.duplicates,
+                "pushes reached the master more than once".to_owned(),
+            );
+            report(&row.notify_errors, "notifications failed".to_owned());
         }
         for row in &self.endpoint {
             if row.unexpected > 0 || row.answered == 0 {

@@ -156,25 +156,7 @@ pub async fn keep_leases(keeper: LeaseKeeper, shutdown: CancellationToken) {
                 last_renewed = Some(started);
                 keeper.metrics.leases_held(count);
                 if !gained.is_empty() {
-                    // Another replica may have moved these cursors since this one last
-                    // read them; until they are read, they are not polled.
-                    if let Err(error) = keeper.engine.reload_cursors(&gained).await {
-                        tracing::warn!(%error, "cannot read the cursors of the pollers taken; trying again next round");
-                        keeper.holding.forget(&gained);
-                        continue_after(started, renew_every, &shutdown).await;
-                        if shutdown.is_cancelled() {
-                            break;
-                        }
-                        continue;
-                    }
-                    if !first_round {
-                        keeper.metrics.lease_takeovers(gained.len());
-                        tracing::info!(pollers = ?gained, "took over pollers");
-                    }
-                    for poller in &gained {
-                        keeper.queued.queued(poller);
-                        keeper.scheduler.force(poller);
-                    }
+                    take(&keeper, &gained, !first_round).await;
                 }
                 first_round = false;
             }
@@ -192,9 +174,9 @@ pub async fn keep_leases(keeper: LeaseKeeper, shutdown: CancellationToken) {
                     .set_trouble(Some(format!("cannot renew leases: {error}")));
             }
         }
-        continue_after(started, renew_every, &shutdown).await;
-        if shutdown.is_cancelled() {
-            break;
+        tokio::select! {
+            () = tokio::time::sleep_until(started + renew_every) => {}
+            () = shutdown.cancelled() => break,
         }
     }
     keeper.holding.set(BTreeSet::new());
@@ -206,11 +188,22 @@ pub async fn keep_leases(keeper: LeaseKeeper, shutdown: CancellationToken) {
     }
 }
 
-/// Waits until `every` after `started`, or until `shutdown`.
-async fn continue_after(started: Instant, every: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep_until(started + every) => {}
-        () = shutdown.cancelled() => {}
+/// Starts polling and delivering pollers just taken (`takeover`: from another replica,
+/// not at this one's start). Another replica may have moved their cursors since this
+/// one last read them: until they are read again, they are not held.
+async fn take(keeper: &LeaseKeeper, gained: &[String], takeover: bool) {
+    if let Err(error) = keeper.engine.reload_cursors(gained).await {
+        tracing::warn!(%error, "cannot read the cursors of the pollers taken; trying again next round");
+        keeper.holding.forget(gained);
+        return;
+    }
+    if takeover {
+        keeper.metrics.lease_takeovers(gained.len());
+        tracing::info!(pollers = ?gained, "took over pollers");
+    }
+    for poller in gained {
+        keeper.queued.queued(poller);
+        keeper.scheduler.force(poller);
     }
 }
 

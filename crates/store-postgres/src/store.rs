@@ -12,6 +12,7 @@ use polld_core::model::Change;
 use polld_core::store::{
     DeadLetter, PollRecord, Queued, Store, StoreError, StoredCursor, StoredStatus, unix_now,
 };
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, Transaction};
 
 use crate::error::{PostgresError, storable};
@@ -171,43 +172,44 @@ impl PostgresStore {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await?;
-        self.fenced_seqs(&transaction, seqs).await?;
-        transaction
-            .execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
-            .await?;
-        transaction.commit().await?;
-        Ok(())
+        self.fenced_outbox_write(seqs, "DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
+            .await
     }
 
     async fn note_attempt(&self, seq: i64, error: &str) -> Result<(), PostgresError> {
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await?;
-        self.fenced_seqs(&transaction, &[seq]).await?;
-        transaction
-            .execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
-                &[&seq, &storable(error)],
-            )
-            .await?;
-        transaction.commit().await?;
-        Ok(())
+        self.fenced_outbox_write(
+            &[seq],
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
+            &[&seq, &storable(error)],
+        )
+        .await
     }
 
     async fn move_to_dead_letters(&self, seq: i64, error: &str) -> Result<(), PostgresError> {
+        self.fenced_outbox_write(
+            &[seq],
+            "WITH moved AS (
+                 DELETE FROM outbox WHERE seq = $1 RETURNING seq, poller, change, queued_at)
+             INSERT INTO dead_letters (seq, poller, change, queued_at, failed_at, error)
+             SELECT seq, poller, change, queued_at, $2, $3 FROM moved",
+            &[&seq, &unix_now(), &storable(error)],
+        )
+        .await
+    }
+
+    /// Runs `statement` on the outbox rows `seqs` in one transaction that first checks
+    /// this replica's leases on their pollers (when fenced): a settle never lands for a
+    /// poller another replica holds.
+    async fn fenced_outbox_write(
+        &self,
+        seqs: &[i64],
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), PostgresError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        self.fenced_seqs(&transaction, &[seq]).await?;
-        transaction
-            .execute(
-                "WITH moved AS (
-                     DELETE FROM outbox WHERE seq = $1 RETURNING seq, poller, change, queued_at)
-                 INSERT INTO dead_letters (seq, poller, change, queued_at, failed_at, error)
-                 SELECT seq, poller, change, queued_at, $2, $3 FROM moved",
-                &[&seq, &unix_now(), &storable(error)],
-            )
-            .await?;
+        self.fenced_seqs(&transaction, seqs).await?;
+        transaction.execute(statement, params).await?;
         transaction.commit().await?;
         Ok(())
     }
