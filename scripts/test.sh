@@ -26,6 +26,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 # /usr/lib/postgresql/VERSION/bin, where the fixture also looks), and psql.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
+# promtool checks and unit-tests deploy/prometheus/polld-rules.yml.
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -39,6 +41,10 @@ if ! "$POLLD_BUILDBOT_VENV/bin/buildbot" --version >/dev/null 2>&1; then
     echo "creating the Buildbot venv in $POLLD_BUILDBOT_VENV"
     python3 -m venv "$POLLD_BUILDBOT_VENV"
     "$POLLD_BUILDBOT_VENV/bin/pip" install -q buildbot==4.3.0 buildbot-www==4.3.0
+fi
+# The official CloudEvents SDK, for the receiver that checks the cloudevents sink.
+if ! "$POLLD_BUILDBOT_VENV/bin/python" -c 'import cloudevents.core.bindings.http' >/dev/null 2>&1; then
+    "$POLLD_BUILDBOT_VENV/bin/pip" install -q cloudevents==2.2.0
 fi
 
 cargo fmt --all -- --check

@@ -14,6 +14,7 @@ pub fn plugins() -> Plugins {
     plugins.sinks.register(polld_sinks::Jsonl);
     plugins.sinks.register(polld_sinks::Buildbot);
     plugins.sinks.register(polld_sinks::Webhook);
+    plugins.sinks.register(polld_sinks::CloudEvents);
     plugins
         .stores
         .register("sqlite", polld_store_sqlite::Sqlite);

@@ -9,12 +9,14 @@
 //! would redirect every change, it counts as the receiver being unreachable, with a
 //! message that says to fix the URL.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use polld_backend::{Refusal, redact};
 use polld_core::Change;
 use polld_core::config::{HumanDuration, check_ca_file as check_ca_file_at};
 use polld_core::sink::{SinkContext, SinkError, SinkFailure};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 
 /// Requests that take longer than this fail and are retried.
@@ -152,6 +154,19 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A sink's configured extra headers (checked at config load, built again at open).
+pub(crate) fn header_map(configured: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in configured {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| format!("invalid header name {name:?}"))?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|_| format!("invalid value for header {name}"))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 /// Reads a secret from the environment at send time, so rotating it needs no restart.

@@ -13,7 +13,7 @@ use polld_core::Change;
 use polld_core::config::HumanDuration;
 use polld_core::sink::{Sink, SinkContext, SinkError, SinkFailure, SinkType};
 use reqwest::Client;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -50,7 +50,7 @@ impl SinkType for Webhook {
         http::check_ca_file(context, config.ca_file.as_deref())?;
         http::check_timeout(config.timeout)?;
         http::check_url(&config.url)?;
-        header_map(config)
+        http::header_map(&config.headers)
             .map(drop)
             .map_err(|message| Refusal::at("headers", message))
     }
@@ -61,7 +61,7 @@ impl SinkType for Webhook {
             config.timeout.map(|t| t.0),
             config.ca_file.as_deref(),
         )?;
-        let headers = header_map(&config)?;
+        let headers = http::header_map(&config.headers)?;
         Ok(Arc::new(WebhookSink {
             client,
             config,
@@ -121,19 +121,6 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
-}
-
-/// The configured extra headers (checked at config load, built again at open).
-fn header_map(config: &WebhookConfig) -> Result<HeaderMap, String> {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &config.headers {
-        let name = HeaderName::try_from(name.as_str())
-            .map_err(|_| format!("invalid header name {name:?}"))?;
-        let value = HeaderValue::try_from(value.as_str())
-            .map_err(|_| format!("invalid value for header {name}"))?;
-        headers.insert(name, value);
-    }
-    Ok(headers)
 }
 
 #[cfg(test)]
