@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 # Subversion (svn, svnadmin, svnserve; Apache with mod_dav_svn for http://), Mercurial,
 # Apache (mod_ssl, mod_http2 and mod_cgid serve git over http and https; htpasswd),
 # openssl (the tests' certificate authority), sshd plus ssh-keygen for ssh
-# transports, and PostgreSQL.
+# transports, PostgreSQL, and chromium.
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v svnserve >/dev/null || missing+=(subversion)
@@ -26,6 +26,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 # /usr/lib/postgresql/VERSION/bin, where the fixture also looks), and psql.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
+# Debian's chromium, run headless to test the control endpoint's status page.
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
