@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/polld-target}"
 # Subversion (svn, svnadmin, svnserve; Apache with mod_dav_svn for http://), Mercurial,
 # Apache (mod_ssl, mod_http2 and mod_cgid serve git over http and https; htpasswd),
 # openssl (the tests' certificate authority), sshd plus ssh-keygen for ssh
-# transports, and PostgreSQL.
+# transports, PostgreSQL, and chromium.
 missing=()
 command -v git >/dev/null || missing+=(git)
 command -v svnserve >/dev/null || missing+=(subversion)
@@ -28,6 +28,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/
 command -v psql >/dev/null || missing+=(postgresql-client)
 # promtool checks and unit-tests deploy/prometheus/polld-rules.yml.
 command -v promtool >/dev/null || missing+=(prometheus)
+# Debian's chromium, run headless to test the control endpoint's status page.
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

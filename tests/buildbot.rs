@@ -739,7 +739,7 @@ fn a_change_the_master_refuses_is_dead_lettered_and_redelivered() {
     let text = polld.run(&["status"]);
     text.expect_code(0);
     assert!(
-        text.stdout.contains("dead letters: 1"),
+        text.stdout.contains("0 pending, 1 dead letter\n"),
         "status (text) shows the dead letter\n{}",
         text.describe()
     );

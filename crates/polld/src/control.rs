@@ -1,4 +1,4 @@
-//! The HTTP control endpoint (`[daemon] listen`): health, metrics, status, and the POSTs
+//! The HTTP control endpoint (`[daemon] listen`): the status page, health, metrics, status, and the POSTs
 //! that poke pollers or reload the config.
 //!
 //! POSTs need `Authorization: Bearer <token>` when `token_env` is set; the token is
@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{http_server, status};
+use crate::{http_server, page, status};
 
 /// Longest request URI accepted (a `/notify?repo=` URL fits easily).
 const MAX_URI: usize = 4096;
@@ -82,6 +82,7 @@ pub async fn serve(
             require_token,
         ));
     let app = Router::new()
+        .route("/", get(page::page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/status", get(status_json))

@@ -8,6 +8,7 @@ mod http_server;
 mod logging;
 mod memory;
 mod notify;
+mod page;
 mod plugins;
 mod status;
 

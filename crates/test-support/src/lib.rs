@@ -22,6 +22,7 @@ use tempfile::TempDir;
 
 pub mod apache;
 pub mod buildbot;
+pub mod chromium;
 pub mod cloudevents;
 pub mod forge;
 pub mod group;
