@@ -202,7 +202,10 @@ fn ten_thousand_pollers_render_capped() {
     assert_eq!(answer.status, 200);
     let (code, body) = http::control(s.port, "GET", "/status", None);
     assert_eq!(code, 200);
-    eprintln!("GET / and /status with {N} pollers: {:?}", started.elapsed());
+    eprintln!(
+        "GET / and /status with {N} pollers: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["pollers"]
             .as_array()
@@ -218,10 +221,16 @@ fn ten_thousand_pollers_render_capped() {
     assert_eq!(drawn.len(), 1000, "rows are capped");
     // The first polls are spread over the interval, so a few (of repositories that do
     // not exist) may have failed by now: those come first, then the rest by name.
-    let failing = drawn.iter().take_while(|(_, state)| state == "failing").count();
+    let failing = drawn
+        .iter()
+        .take_while(|(_, state)| state == "failing")
+        .count();
     let rest = &drawn[failing..];
     assert!(rest.iter().all(|(_, state)| state == "ok"), "{drawn:?}");
-    assert!(rest.windows(2).all(|w| w[0].0 < w[1].0), "by name: {rest:?}");
+    assert!(
+        rest.windows(2).all(|w| w[0].0 < w[1].0),
+        "by name: {rest:?}"
+    );
     assert_eq!(
         text_of(&dom, "note"),
         "Showing 1000 of 10000 pollers, trouble first; filter by name to see the others."
