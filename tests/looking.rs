@@ -223,6 +223,7 @@ fn dashboard_and_rules_query_only_metrics_polld_serves() {
     let mut variables = Vec::new();
     collect_strings_under(&dashboard["templating"], "query", &mut variables);
     let rules = std::fs::read_to_string(deploy.join("prometheus/polld-rules.yml")).unwrap();
+    // Each rule's `expr:` is kept on one line, so it can be read without a YAML parser.
     let rule_exprs: Vec<String> = rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr:"))

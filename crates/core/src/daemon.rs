@@ -211,8 +211,12 @@ impl Control {
         match self.store.queue_counts().await {
             Ok(counts) => {
                 let config = self.config();
-                let names: Vec<&str> = config.pollers.iter().map(|p| p.name.as_str()).collect();
-                self.metrics.set_queues(&names, &counts);
+                let pollers: Vec<(&str, Duration)> = config
+                    .pollers
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.timing.interval + p.timing.jitter))
+                    .collect();
+                self.metrics.set_scraped(&pollers, &counts);
             }
             Err(error) => tracing::warn!(%error, "cannot read queue sizes for /metrics"),
         }

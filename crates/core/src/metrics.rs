@@ -5,6 +5,8 @@
 //! are read from the store when scraped, so they are exact even across restarts.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -55,6 +57,7 @@ pub struct Metrics {
     filtered: Family<FilteredLabels, Counter>,
     last_success: Family<PollerLabel, Gauge>,
     failure_streak: Family<PollerLabel, Gauge>,
+    longest_wait: Family<PollerLabel, Gauge<f64, AtomicU64>>,
     pending: Family<PollerLabel, Gauge>,
     dead_letters: Family<PollerLabel, Gauge>,
     panics: Family<TaskLabel, Counter>,
@@ -81,6 +84,7 @@ impl Metrics {
         let filtered = Family::<FilteredLabels, Counter>::default();
         let last_success = Family::<PollerLabel, Gauge>::default();
         let failure_streak = Family::<PollerLabel, Gauge>::default();
+        let longest_wait = Family::<PollerLabel, Gauge<f64, AtomicU64>>::default();
         let pending = Family::<PollerLabel, Gauge>::default();
         let dead_letters = Family::<PollerLabel, Gauge>::default();
         let panics = Family::<TaskLabel, Counter>::default();
@@ -109,6 +113,13 @@ impl Metrics {
             "consecutive_failures",
             "Failed polls in a row (non-zero: the poller is backing off)",
             failure_streak.clone(),
+        );
+        // So an alert can say "no success for 3 intervals" per poller, whatever its
+        // interval: the config is not otherwise visible to Prometheus.
+        registry.register(
+            "poll_interval_seconds",
+            "Longest wait between two polls of a healthy poller: its interval plus jitter",
+            longest_wait.clone(),
         );
         registry.register(
             "deliveries_pending",
@@ -154,6 +165,7 @@ impl Metrics {
             filtered,
             last_success,
             failure_streak,
+            longest_wait,
             pending,
             dead_letters,
             panics,
@@ -223,16 +235,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the queue gauges: (pending, dead letters) per poller. Pollers absent from
-    /// `counts` but in `pollers` read zero.
-    pub fn set_queues(&self, pollers: &[&str], counts: &HashMap<String, (u64, u64)>) {
+    /// Sets the gauges read when scraped: each poller's longest wait between polls, and
+    /// its queue, (pending, dead letters) from `counts` (absent: zero). Pollers a reload
+    /// removed disappear.
+    pub fn set_scraped(&self, pollers: &[(&str, Duration)], counts: &HashMap<String, (u64, u64)>) {
+        self.longest_wait.clear();
         self.pending.clear();
         self.dead_letters.clear();
-        for poller in pollers {
+        for (poller, longest_wait) in pollers {
             let (pending, dead) = counts.get(*poller).copied().unwrap_or_default();
             let label = PollerLabel {
                 poller: (*poller).to_owned(),
             };
+            self.longest_wait
+                .get_or_create(&label)
+                .set(longest_wait.as_secs_f64());
             self.pending.get_or_create(&label).set(pending as i64);
             self.dead_letters.get_or_create(&label).set(dead as i64);
         }
@@ -286,7 +303,10 @@ mod tests {
         metrics.poll_finished("app", 0.002, true, 1_700_000_000);
         metrics.changes_queued("app", 3);
         metrics.poll_finished("app", 0.5, false, 1_700_000_001);
-        metrics.set_queues(&["app"], &HashMap::from([("app".to_owned(), (2, 1))]));
+        metrics.set_scraped(
+            &[("app", Duration::from_secs(90))],
+            &HashMap::from([("app".to_owned(), (2, 1))]),
+        );
         metrics.panicked("poll");
         let text = metrics.encode();
         for expected in [
@@ -298,6 +318,7 @@ mod tests {
             "polld_consecutive_failures{poller=\"app\"} 1",
             "polld_deliveries_pending{poller=\"app\"} 2",
             "polld_dead_letters{poller=\"app\"} 1",
+            "polld_poll_interval_seconds{poller=\"app\"} 90.0",
             "polld_panics_total{task=\"poll\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in:\n{text}");

@@ -5,6 +5,12 @@
 //!
 //! Delivery is the webhook's: the same client, `ca_file`, timeout, and reading of the
 //! answer (2xx acknowledges; 429, 5xx and timeouts retry; other 4xx dead-letter).
+//!
+//! Why the six headers are written here and not by the Rust SDK (`cloudevents-sdk`
+//! 0.9): its reqwest binding is built on reqwest 0.12 (polld's HTTP client, shared with
+//! the webhook sink, is 0.13), and it writes attribute values unencoded, so a branch
+//! such as `fix/ü` would be an invalid header instead of the binding's `fix/%C3%BC`.
+//! Conformance is checked instead against the official Python SDK (`tests/looking.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
