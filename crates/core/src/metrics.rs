@@ -270,6 +270,7 @@ impl Metrics {
             family.remove(&label);
         }
         self.poll_duration.remove(&label);
+        self.longest_wait.remove(&label);
         for reason in ["paths", "skip_marker", "author"] {
             self.filtered.remove(&FilteredLabels {
                 poller: poller.to_owned(),
