@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use polld_test_support::buildbot::WebhookReceiver;
 use polld_test_support::postgres::PgServer;
@@ -319,7 +319,7 @@ fn three_replicas_through_kill_pause_database_restart_and_a_fourth() {
     const PER_REPO: usize = 3;
     const TOTAL: usize = REPOS * PER_REPO;
     let mut database = PgServer::start();
-    let master = polld_test_support::buildbot::BuildbotMaster::start();
+    let master = polld_test_support::buildbot::BuildbotMaster::start_without_builds();
     let repos: std::sync::Arc<Vec<RemotePair>> = std::sync::Arc::new(
         (0..REPOS)
             .map(|_| RemotePair::with_initial_commit())
@@ -385,7 +385,11 @@ fn three_replicas_through_kill_pause_database_restart_and_a_fourth() {
             pushed
         })
     };
-    let after = |what: &str, check: &dyn Fn() -> bool| wait_until(WAIT, what, check);
+    let begun = Instant::now();
+    let after = |what: &str, check: &dyn Fn() -> bool| {
+        wait_until(WAIT, what, check);
+        eprintln!("{:5.1} s: {what}", begun.elapsed().as_secs_f64());
+    };
 
     std::thread::sleep(Duration::from_secs(3));
     r1.run.kill9();
@@ -420,17 +424,52 @@ fn three_replicas_through_kill_pause_database_restart_and_a_fourth() {
     let commits: usize = pushed.iter().map(Vec::len).sum();
 
     // Every commit arrives for each of its pollers, in order; repeats only by takeovers.
-    wait_until(
-        Duration::from_secs(180),
-        "every commit at the master",
-        || master.change_count() as usize >= commits * PER_REPO,
-    );
-    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
-    for change in master.changes() {
-        seen.entry(change["project"].as_str().unwrap_or_default().to_owned())
-            .or_default()
-            .push(change["revision"].as_str().unwrap_or_default().to_owned());
+    // No wait_until: when some do not arrive, the assertions below say which, with
+    // what the replicas know of that poller.
+    let by_poller = || {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        for change in master.changes() {
+            seen.entry(change["project"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(change["revision"].as_str().unwrap_or_default().to_owned());
+        }
+        seen
+    };
+    let arrived = |seen: &HashMap<String, Vec<String>>| {
+        (0..TOTAL).all(|i| {
+            let got = seen.get(&format!("p{i}"));
+            pushed[i / PER_REPO]
+                .iter()
+                .all(|sha| got.is_some_and(|got| got.contains(sha)))
+        })
+    };
+    let stream_stopped = Instant::now();
+    let mut seen = by_poller();
+    while !arrived(&seen) && stream_stopped.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = by_poller();
     }
+    eprintln!(
+        "{} changes for {} commits at the master {:.1} s after the stream stopped",
+        seen.values().map(Vec::len).sum::<usize>(),
+        commits * PER_REPO,
+        stream_stopped.elapsed().as_secs_f64()
+    );
+    let statuses: Vec<Value> = [&r2, &r3, &r4]
+        .iter()
+        .map(|r| {
+            serde_json::from_str(&http::control(r.port, "GET", "/status", None).1)
+                .unwrap_or_default()
+        })
+        .collect();
+    let known = |name: &str| -> Vec<&Value> {
+        statuses
+            .iter()
+            .filter_map(|s| s["pollers"].as_array())
+            .flatten()
+            .filter(|p| p["name"] == name)
+            .collect()
+    };
     for i in 0..TOTAL {
         let name = format!("p{i}");
         let got = seen.remove(&name).unwrap_or_default();
@@ -443,7 +482,8 @@ fn three_replicas_through_kill_pause_database_restart_and_a_fourth() {
         assert_eq!(
             first_seen,
             pushed[i / PER_REPO],
-            "{name}: every commit once, in order (duplicates aside)"
+            "{name}: every commit once, in order (duplicates aside); the replicas say {:#?}",
+            known(&name)
         );
         assert!(
             got.len() - first_seen.len() <= 4,

@@ -79,7 +79,21 @@ pub struct DaemonResult {
     pub log_excerpt: Vec<String>,
     pub stopped_cleanly: bool,
     pub latency: Latency,
+    /// What an operator's look costs with every poller loaded: `GET /`, `/status` and
+    /// `/metrics`, measured after the steady window.
+    pub views: Vec<ViewCost>,
 }
+
+/// One control-endpoint read, repeated [`VIEW_REQUESTS`] times one after another.
+#[derive(Debug, Clone, Default)]
+pub struct ViewCost {
+    pub path: &'static str,
+    pub bytes: usize,
+    /// Wall time per request, sorted.
+    pub millis: Vec<f64>,
+}
+
+const VIEW_REQUESTS: usize = 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
@@ -235,6 +249,24 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
+}
+
+fn view_cost(port: u16, path: &'static str) -> Result<ViewCost> {
+    let mut cost = ViewCost {
+        path,
+        ..ViewCost::default()
+    };
+    for _ in 0..VIEW_REQUESTS {
+        let started = Instant::now();
+        let (status, body) = http_get(port, path).with_context(|| format!("GET {path}"))?;
+        cost.millis.push(crate::util::ms(started.elapsed()));
+        if status != 200 {
+            bail!("GET {path} answered {status}");
+        }
+        cost.bytes = body.len();
+    }
+    cost.millis.sort_by(f64::total_cmp);
+    Ok(cost)
 }
 
 /// Sums `polld_polls_total` by result: (ok, error).
@@ -515,6 +547,9 @@ pub fn run(plan: &DaemonPlan<'_>) -> Result<DaemonResult> {
         bail!("GET /metrics answered {status}");
     }
     (result.metrics_ok, result.metrics_error) = poll_totals(&metrics);
+    for path in ["/", "/status", "/metrics"] {
+        result.views.push(view_cost(port, path)?);
+    }
 
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-pub use crate::daemon::{DaemonResult, Latency};
+pub use crate::daemon::{DaemonResult, Latency, ViewCost};
 pub use crate::hooks::{EndpointRow, HooksReport, PushRow, VerifyRow};
 pub use crate::inproc::PollStats;
 pub use crate::once::OnceResult;

@@ -383,6 +383,21 @@ impl Report {
                 "| polls (from `/metrics`): ok / error | {} / {} |",
                 d.metrics_ok, d.metrics_error
             );
+            for view in &d.views {
+                let _ = writeln!(
+                    s,
+                    "| `GET {}` ({} KiB): p50 / max of {} | {} / {} ms |",
+                    view.path,
+                    view.bytes / 1024,
+                    view.millis.len(),
+                    ms(view
+                        .millis
+                        .get(view.millis.len() / 2)
+                        .copied()
+                        .unwrap_or_default()),
+                    ms(view.millis.last().copied().unwrap_or_default())
+                );
+            }
             let l = &d.latency;
             let _ = writeln!(
                 s,

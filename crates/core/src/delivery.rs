@@ -186,8 +186,8 @@ struct Outage {
 /// A change to the outbox that the sink's answer calls for.
 #[derive(Debug)]
 enum Settle {
-    /// The sink has these: remove them.
-    Acknowledged(Vec<i64>),
+    /// The sink has these (seq, poller): remove them.
+    Acknowledged(Vec<(i64, String)>),
     /// The sink will never take this one.
     Refused { seq: i64, reason: String },
 }
@@ -534,7 +534,10 @@ async fn attempt(delivery: Delivery, batch: Vec<Queued>, lanes: Vec<String>) -> 
     let mut settles = Vec::new();
     if acknowledged > 0 {
         settles.push(Settle::Acknowledged(
-            batch[..acknowledged].iter().map(|q| q.seq).collect(),
+            batch[..acknowledged]
+                .iter()
+                .map(|q| (q.seq, q.change.poller.clone()))
+                .collect(),
         ));
     }
     let failure = match result {
@@ -571,8 +574,10 @@ async fn settle(store: &dyn Store, settles: Vec<Settle>) -> (Vec<Settle>, Result
     let mut settles = settles.into_iter();
     while let Some(next) = settles.next() {
         let applied = match &next {
-            Settle::Acknowledged(seqs) => store.acknowledge(seqs).await,
-            Settle::Refused { seq, reason } => store.dead_letter(*seq, reason).await,
+            Settle::Acknowledged(acknowledged) => acknowledge(store, acknowledged).await,
+            Settle::Refused { seq, reason } => {
+                leave_to_holder(store.dead_letter(*seq, reason).await)
+            }
         };
         if let Err(error) = applied {
             let mut left = vec![next];
@@ -581,6 +586,42 @@ async fn settle(store: &dyn Store, settles: Vec<Settle>) -> (Vec<Settle>, Result
         }
     }
     (Vec::new(), Ok(()))
+}
+
+/// Removes what the sink acknowledged. A replica whose lease on a poller lapsed while
+/// the sink took its changes may not settle them: the replica holding the poller now
+/// sends them again (the one repeat a takeover allows). Those are left to it, and the
+/// acknowledgements of the batch's other pollers still land. Anything else is an
+/// outbox that cannot be written, and stops delivery until it can.
+async fn acknowledge(store: &dyn Store, acknowledged: &[(i64, String)]) -> Result<(), StoreError> {
+    let seqs: Vec<i64> = acknowledged.iter().map(|(seq, _)| *seq).collect();
+    match store.acknowledge(&seqs).await {
+        Err(error) if error.lease_lost().is_some() => {
+            let mut by_poller: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+            for (seq, poller) in acknowledged {
+                by_poller.entry(poller).or_default().push(*seq);
+            }
+            for seqs in by_poller.values() {
+                leave_to_holder(store.acknowledge(seqs).await)?;
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// A settle refused for a lost lease is not an error: the change is the holder's now.
+fn leave_to_holder(settled: Result<(), StoreError>) -> Result<(), StoreError> {
+    match settled {
+        Err(error) => match error.lease_lost() {
+            Some(lost) => {
+                tracing::info!(poller = %lost.poller, "lease lost while the sink took a change; the replica holding the poller now sends it again");
+                Ok(())
+            }
+            None => Err(error),
+        },
+        Ok(()) => Ok(()),
+    }
 }
 
 fn retry_delay(failures: u32, cap: Duration) -> Duration {

@@ -35,6 +35,21 @@ impl StoreError {
     pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         StoreError(error.into())
     }
+
+    /// The lease this write needed, if that is why it failed.
+    pub fn lease_lost(&self) -> Option<&LeaseLost> {
+        self.0.downcast_ref()
+    }
+}
+
+/// Why a store that fences its writes refused one: this replica does not hold (any
+/// more) an unexpired lease on `poller`, so another replica may poll and deliver it.
+/// Nothing was written. Not a fault of the store: such a poll's result is dropped (the
+/// holder polls again), and delivery leaves such a change to the replica holding it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lease on poller {poller} lost: not committing")]
+pub struct LeaseLost {
+    pub poller: String,
 }
 
 impl fmt::Display for StoreError {

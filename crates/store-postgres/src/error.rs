@@ -1,6 +1,7 @@
 //! What can go wrong with the database, and how its URL may be shown.
 
 use polld_backend::redact::strip_userinfo;
+use polld_core::store::{LeaseLost, StoreError};
 
 /// What can go wrong with the PostgreSQL store. Every message that names the database
 /// names it by [`shown_url`]: the URL may carry a password.
@@ -29,10 +30,10 @@ pub enum PostgresError {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// Fencing: this replica does not hold an unexpired lease on `poller`, so another
+    /// Fencing: this replica does not hold an unexpired lease on the poller, so another
     /// replica may already poll and deliver it. Nothing was written.
-    #[error("lease on poller {poller} lost: not committing")]
-    LeaseLost { poller: String },
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
     #[error("store database: no connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("store database: {0}")]
@@ -41,9 +42,14 @@ pub enum PostgresError {
     Json(#[from] serde_json::Error),
 }
 
-impl From<PostgresError> for polld_core::store::StoreError {
+impl From<PostgresError> for StoreError {
+    /// A lost lease travels as the core's own [`LeaseLost`], so the engine and the
+    /// delivery loop can tell it from a store that cannot be written.
     fn from(error: PostgresError) -> Self {
-        polld_core::store::StoreError::new(error)
+        match error {
+            PostgresError::LeaseLost(lost) => StoreError::new(lost),
+            other => StoreError::new(other),
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use polld_core::store::StoreError;
+use polld_core::store::{LeaseLost, StoreError};
 use tokio_postgres::Transaction;
 
 use crate::PostgresStore;
@@ -272,9 +272,10 @@ pub(crate) async fn fence(
         .map(|row| row.get(0))
         .collect();
     match pollers.iter().find(|poller| !held.contains(*poller)) {
-        Some(lost) => Err(PostgresError::LeaseLost {
+        Some(lost) => Err(LeaseLost {
             poller: lost.clone(),
-        }),
+        }
+        .into()),
         None => Ok(()),
     }
 }

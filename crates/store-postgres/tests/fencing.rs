@@ -39,8 +39,14 @@ async fn every_write_is_refused(store: &PostgresStore, seq: i64) {
     .iter()
     .zip(refused)
     {
-        let error = result.expect_err(what).to_string();
-        assert!(error.contains(lost), "{what}: {error}");
+        let error = result.expect_err(what);
+        assert!(error.to_string().contains(lost), "{what}: {error}");
+        // Typed, so delivery can leave the change to the holder instead of stopping.
+        assert_eq!(
+            error.lease_lost().map(|l| l.poller.as_str()),
+            Some("app"),
+            "{what}"
+        );
     }
 }
 

@@ -60,18 +60,29 @@ pub struct BuildbotMaster {
 impl BuildbotMaster {
     /// A new master with an open change hook.
     pub fn start() -> BuildbotMaster {
-        BuildbotMaster::create(None)
+        BuildbotMaster::create(None, true)
+    }
+
+    /// A new master with an open change hook and no scheduler: it stores changes and
+    /// starts no builds. For tests that stream hundreds of changes: the scheduler adds
+    /// one buildset per change at 1–2 a second on this machine, and while it catches up
+    /// the master answers its REST API a minute late.
+    pub fn start_without_builds() -> BuildbotMaster {
+        BuildbotMaster::create(None, false)
     }
 
     /// A new master whose change hook requires HTTP basic auth with these credentials.
     pub fn start_with_auth(username: &str, password: &str) -> BuildbotMaster {
-        BuildbotMaster::create(Some(HookAuth {
-            username: username.into(),
-            password: password.into(),
-        }))
+        BuildbotMaster::create(
+            Some(HookAuth {
+                username: username.into(),
+                password: password.into(),
+            }),
+            true,
+        )
     }
 
-    fn create(auth: Option<HookAuth>) -> BuildbotMaster {
+    fn create(auth: Option<HookAuth>, builds: bool) -> BuildbotMaster {
         let venv = venv();
         let dir = tempfile::Builder::new()
             .prefix("polld-e2e-buildbot")
@@ -89,6 +100,9 @@ impl BuildbotMaster {
             "buildbot create-master failed\n{}",
             out.describe()
         );
+        if !builds {
+            std::fs::write(basedir.join("no-builds"), "").unwrap();
+        }
         if let Some(auth) = &auth {
             std::fs::write(
                 basedir.join("changehook.passwd"),
@@ -351,7 +365,9 @@ c = BuildmasterConfig = {{}}
 c['workers'] = [worker.Worker('w', 'unused-password')]
 c['protocols'] = {{'null': {{}}}}
 c['builders'] = [util.BuilderConfig(name='b', workernames=['w'], factory=util.BuildFactory())]
-c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', builderNames=['b'], treeStableTimer=None)]
+# With no-builds, the scheduler's filter takes no change (a builder must have one).
+only = util.ChangeFilter(project='no project has this name') if os.path.exists(os.path.join(basedir, 'no-builds')) else None
+c['schedulers'] = [schedulers.AnyBranchScheduler(name='all', builderNames=['b'], treeStableTimer=None, change_filter=only)]
 dialects = {{}} if os.path.exists(os.path.join(basedir, 'refuse-changes')) else {{'base': True}}
 c['www'] = {{'port': 'tcp:{port}:interface=127.0.0.1', 'change_hook_dialects': dialects, 'plugins': {{}}}}
 {auth}c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
