@@ -204,7 +204,7 @@ fn prometheus_rules_pass_promtool_check_and_unit_tests() {
 }
 
 /// Every `polld_*` name in the dashboard's queries and the rules' expressions is one a
-/// running polld serves on `/metrics`, after one poll.
+/// running polld serves on `/metrics`, after one poll; every dashboard query parses.
 #[test]
 fn dashboard_and_rules_query_only_metrics_polld_serves() {
     let deploy = workspace_root().join("deploy");
@@ -278,6 +278,33 @@ fn dashboard_and_rules_query_only_metrics_polld_serves() {
     check("the dashboard", &queries, true);
     check("the dashboard's variables", &variables, false);
     check("the rules", &rule_exprs, true);
+
+    // And each dashboard query is valid PromQL: promtool parses it as a recording
+    // rule, with Grafana's variables replaced by what Grafana would put there.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (n, query) in queries.iter().enumerate() {
+        let promql = query
+            .replace("$__rate_interval", "1m")
+            .replace("$job", "polld")
+            .replace("$poller", ".*");
+        rules += &format!(
+            "      - record: dashboard_query_{n}\n        expr: {}\n",
+            serde_json::to_string(&promql).unwrap()
+        );
+    }
+    std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules", "dashboard.yml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "a dashboard query is not valid PromQL:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Strings found under `key` anywhere in `value`.
