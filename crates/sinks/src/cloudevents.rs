@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Datelike, SecondsFormat};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use polld_backend::Refusal;
 use polld_core::Change;
 use polld_core::config::HumanDuration;
@@ -133,67 +135,39 @@ impl Sink for CloudEventsSink {
 
 /// The event's `ce-*` headers, values percent-encoded as the HTTP binding requires
 /// (a branch or a path may hold spaces, `%` or non-ASCII). `ce-subject` is left out
-/// when the change has no branch (svn trunk).
+/// when the change has no branch (svn trunk), `ce-time` when RFC 3339 cannot write the
+/// commit time (a year past 9999).
 pub fn attributes(change: &Change) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("ce-specversion", "1.0".to_owned()),
         ("ce-id", header_value(&change.id)),
         ("ce-source", header_value(&change.repository)),
         ("ce-type", EVENT_TYPE.to_owned()),
-        ("ce-time", rfc3339(change.when_timestamp)),
     ];
+    if let Some(time) = rfc3339(change.when_timestamp) {
+        headers.push(("ce-time", time));
+    }
     if let Some(branch) = &change.branch {
         headers.push(("ce-subject", header_value(branch)));
     }
     headers
 }
 
-/// CloudEvents HTTP binding 3.1.3.2: printable ASCII but space, `"` and `%` as is;
-/// everything else as `%XX` of its UTF-8 bytes.
+/// CloudEvents HTTP binding 3.1.3.2: space, `"`, `%` and everything outside printable
+/// ASCII are sent as `%XX` of their UTF-8 bytes.
+const HEADER_ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
 fn header_value(value: &str) -> String {
-    let mut encoded = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
+    utf8_percent_encode(value, HEADER_ESCAPED).to_string()
 }
 
-/// Unix seconds as RFC 3339 in UTC (`2023-11-14T22:13:20Z`), for any `i64`.
-fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let seconds = unix.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day): Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // day is 1..=31 and month 1..=12 by construction.
-    (year, month as u32, day as u32)
+/// Unix seconds as RFC 3339 in UTC (`2023-11-14T22:13:20Z`); `None` outside the years
+/// 0000–9999 that RFC 3339 can write (`ce-time` is optional, the body keeps the time).
+fn rfc3339(unix: i64) -> Option<String> {
+    let time = DateTime::from_timestamp(unix, 0)?;
+    (0..=9999)
+        .contains(&time.year())
+        .then(|| time.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
 #[cfg(test)]
@@ -202,11 +176,17 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
-        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        for (unix, written) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (1_700_000_000, "2023-11-14T22:13:20Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (-1, "1969-12-31T23:59:59Z"),
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(unix).as_deref(), Some(written));
+        }
+        assert_eq!(rfc3339(253_402_300_800), None, "year 10000");
+        assert_eq!(rfc3339(i64::MIN), None);
     }
 
     #[test]
