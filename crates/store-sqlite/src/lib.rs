@@ -10,6 +10,7 @@
 //! process at a time may poll and deliver from a state directory ([`StateLock`]).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -487,8 +488,8 @@ fn first_per_poller<T>(
     let mut found = HashMap::new();
     while let Some(row) = rows.next()? {
         let poller: String = row.get(0)?;
-        if !found.contains_key(&poller) {
-            found.insert(poller, read(row)?);
+        if let Entry::Vacant(slot) = found.entry(poller) {
+            slot.insert(read(row)?);
         }
     }
     Ok(found)
